@@ -1,0 +1,34 @@
+# The two commands a fresh clone needs: `make demo` and `make test`.
+# Both create .venv from nothing (plain `python3 -m venv` + pip) the first time.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARTIFACTS ?= artifacts
+
+.PHONY: demo test lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml tests/requirements-nodeps.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# timm and segment-anything declare torchvision, which has no CPU build: test-only, no deps.
+	$(BIN)/python -m pip install --quiet --no-deps -r tests/requirements-nodeps.txt
+	touch $(STAMP)
+
+# The main job on the bundled digits, as the real commands a user would type.
+demo: $(STAMP)
+	$(BIN)/ln2d train --out $(ARTIFACTS)/model.safetensors
+	$(BIN)/ln2d info $(ARTIFACTS)/model.safetensors
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(ARTIFACTS) .pytest_cache build dist *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from ln2d.cli import main
+
+sys.exit(main())

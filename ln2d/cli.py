@@ -1,0 +1,53 @@
+"""The ``ln2d`` command: a dispatcher over subcommands that packages register as entry points.
+
+Each package (``ln2d``, ``export``, ``serve``) lists its subcommands under the ``ln2d.commands``
+entry-point group, so this module depends on none of them, and a serving install without torch
+still gets ``ln2d serve``. Exit codes: 0 success, 1 a check failed (parity), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from ln2d import __version__
+from ln2d.errors import UserError
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ln2d",
+        description="LayerNorm2d CNNs: train, export to fused ONNX, check parity, serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"ln2d {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for entry in sorted(entry_points(group="ln2d.commands"), key=lambda e: e.name):
+        entry.load()(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as exc:
+        print(f"ln2d {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ModuleNotFoundError as exc:
+        print(
+            f"ln2d {args.command}: error: missing module {exc.name!r}; install the extra "
+            f"this command needs: pip install 'ln2d[{args.extra}]'",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"ln2d {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

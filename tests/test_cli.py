@@ -1,0 +1,92 @@
+"""The ln2d command as a user runs it: exit codes, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+
+
+def _assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_info_and_eval(digits_checkpoint):
+    info = run_cli("info", str(digits_checkpoint), "--json")
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    assert data["architecture"]["norm"] == "layernorm2d"
+    assert data["labels"] == [str(i) for i in range(10)]
+    assert data["preprocessing"]["channels"] == 1 and data["preprocessing"]["height"] == 16
+    assert data["parameters"] > 10_000
+    result = run_cli("eval", str(digits_checkpoint))
+    assert result.returncode == 0, result.stderr
+    reported = float(result.stdout.split()[1])
+    assert reported == pytest.approx(data["training"]["val_accuracy"], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["info", "nope.safetensors"], ["ln2d info: error:", "does not exist"]),
+        (["eval", "nope.pt"], ["ln2d eval: error:", "does not exist"]),
+        (["train", "--data", "no-such-dir"], ["no-such-dir does not exist"]),
+        (["train", "--widths", "0"], ["widths must be positive"]),
+    ],
+)
+def test_error_paths(args, fragments):
+    _assert_one_line_error(run_cli(*args), *fragments)
+
+
+def test_corrupt_checkpoint_cli(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"{not really}")
+    _assert_one_line_error(run_cli("eval", str(bad)), "not a readable safetensors")
+
+
+def test_usage_error_is_argparse_exit_2():
+    result = run_cli("train", "--norm", "rmsnorm")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_train_on_image_folder(tmp_path):
+    # Two visually distinct classes of real PNG files: bright squares vs dark squares.
+    rng = np.random.default_rng(0)
+    for name, level in [("bright", 200), ("dark", 40)]:
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(rng.normal(level, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    (tmp_path / "data" / "bright" / "notes.txt").write_text("ignored")
+    ckpt = tmp_path / "folder.safetensors"
+    result = run_cli(
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--size",
+        "16",
+        "--epochs",
+        "6",
+        "--widths",
+        "8,16",
+        "--out",
+        str(ckpt),
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads(run_cli("info", str(ckpt), "--json").stdout)
+    assert info["labels"] == ["bright", "dark"]
+    assert info["preprocessing"]["channels"] == 3
+    result = run_cli("eval", str(ckpt), "--data", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split()[1]) >= 0.9
