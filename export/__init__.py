@@ -1,0 +1,1 @@
+"""ONNX export, LayerNorm2d fusion, parity checks and benchmarks for ln2d models."""

@@ -1,0 +1,111 @@
+"""Small readers over onnx-ir values and nodes, shared by the rewrite rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+FLOAT_TYPES = frozenset(
+    {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
+)
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's constant contents (initializer or Constant node), else None."""
+    if value is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def scalar(value: ir.Value | None) -> float | None:
+    """A constant with exactly one element, as a Python float."""
+    array = const_array(value)
+    return None if array is None or array.size != 1 else float(array.reshape(()))
+
+
+def reduce_axes(node: ir.Node) -> list[int] | None:
+    """Axes of a Reduce* node, whether given as attribute (opset < 18) or as input (>= 18)."""
+    if "axes" in node.attributes:
+        return list(node.attributes["axes"].as_ints())
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = const_array(node.inputs[1])
+        return None if axes is None else [int(a) for a in axes.reshape(-1)]
+    return None  # no axes: reduces over everything
+
+
+def keepdims(node: ir.Node) -> int:
+    attr = node.attributes.get("keepdims")
+    return 1 if attr is None else attr.as_int()
+
+
+def rank(value: ir.Value) -> int | None:
+    return None if value.shape is None else value.shape.rank()
+
+
+def normalized_axes(node: ir.Node, data: ir.Value) -> list[int] | None:
+    """Reduce axes made non-negative using the data's rank; None if either is unknown."""
+    axes, r = reduce_axes(node), rank(data)
+    if axes is None or r is None:
+        return None
+    return sorted(a % r for a in axes)
+
+
+def static_dim(value: ir.Value, axis: int) -> int | None:
+    if value.shape is None or value.shape.rank() <= axis:
+        return None
+    dim = value.shape[axis]
+    return dim if isinstance(dim, int) else None
+
+
+def same_shape(a: ir.Value, b: ir.Value) -> bool:
+    """Both shapes known and equal dim by dim (symbolic dims by name)."""
+    if a.shape is None or b.shape is None or a.shape.rank() != b.shape.rank():
+        return False
+    return all(same_shape_dim(da, db) for da, db in zip(a.shape, b.shape, strict=True))
+
+
+def broadcasts_into(small: ir.Value, big: ir.Value) -> bool:
+    """Every dimension of small is 1 or equal to big's (aligned from the right)."""
+    if small.shape is None or big.shape is None or small.shape.rank() > big.shape.rank():
+        return False
+    offset = big.shape.rank() - small.shape.rank()
+    return all(
+        ds == 1 or same_shape_dim(ds, big.shape[offset + i]) for i, ds in enumerate(small.shape)
+    )
+
+
+def same_shape_dim(a, b) -> bool:
+    return a == b and (isinstance(a, int) or getattr(a, "value", None) is not None)
+
+
+DimRef = int | tuple[ir.Value, int]  # a static size, or "dimension i of that tensor"
+
+
+def shape_elements(value: ir.Value) -> list[DimRef] | None:
+    """Read a 1-D shape tensor as a list of sizes or tensor dimensions, when it can be proven.
+
+    Understands constants, ``Shape(t, start, end)``, ``Concat`` and ``Reshape(·, [-1])`` /
+    ``Squeeze`` / ``Unsqueeze`` wrappers: the idiom exporters use to rebuild a shape at run time.
+    """
+    array = const_array(value)
+    if array is not None:
+        return [int(v) for v in array.reshape(-1)]
+    node = value.producer()
+    if node is None:
+        return None
+    if node.op_type in ("Reshape", "Squeeze", "Unsqueeze", "Identity"):
+        return shape_elements(node.inputs[0])
+    if node.op_type == "Concat":
+        parts = [shape_elements(v) for v in node.inputs]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    if node.op_type == "Shape":
+        r = rank(node.inputs[0])
+        if r is None:
+            return None
+        start = node.attributes.get("start")
+        end = node.attributes.get("end")
+        lo = 0 if start is None else start.as_int() % r if start.as_int() < 0 else start.as_int()
+        hi = r if end is None else min(end.as_int() % r if end.as_int() < 0 else end.as_int(), r)
+        return [(node.inputs[0], i) for i in range(lo, hi)]
+    return None

@@ -1,0 +1,177 @@
+"""Exact rewrites that undo exporter quirks, so one LayerNorm2d pattern matches every style.
+
+Each rule is an algebraic identity that holds for any input, applied before matching:
+
+- ``Div(1, s)                       -> Reciprocal(s)``      (TorchScript's rsqrt and 1 / s)
+- ``Mul(a, 1)``, ``Div(a, 1)``      ``-> a``                (onnxscript's no-op rules)
+- ``Div(ReduceSum(v, A), n)         -> ReduceMean(v, A)``   when n is the element count over A
+- ``Reshape(Reduce(v, A, keepdims=0), s) -> Reduce(v, A, keepdims=1)`` when s is that shape
+- ``f(Expand(v, s), c)              -> Expand(f(v, c), s)`` for elementwise f and a scalar c
+- ``g(a, Expand(v, s))              -> g(a, v)``            when a already has the shape s
+
+The last four undo the dynamo exporter's decomposition of ``torch.var_mean``, which reduces
+without keepdims and broadcasts back with Reshape + Expand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+from onnxscript.rewriter.rules.common import div_by_1_rule, mul_by_1_rule
+
+from export.fusion._ir import (
+    broadcasts_into,
+    keepdims,
+    rank,
+    reduce_axes,
+    same_shape,
+    scalar,
+    shape_elements,
+    static_dim,
+)
+
+_ELEMENTWISE_WITH_SCALAR = ("Add", "Sub", "Mul", "Div", "Max")
+_ELEMENTWISE_UNARY = ("Sqrt", "Reciprocal")
+
+
+def reduce(op, like: ir.Node, op_type: str, keep: int, opset: int) -> ir.Value:
+    """A copy of reduction ``like`` as ``op_type`` with ``keepdims=keep``, in the opset's form
+    (axes as attribute or input), other attributes kept so equal nodes stay equal for CSE."""
+    axes = reduce_axes(like)
+    attributes = {k: v for k, v in like.attributes.items() if k not in ("axes", "keepdims")}
+    if op_type == "ReduceSum" or opset >= 18:  # ReduceSum took axes as input from opset 13
+        axes_value = op.Constant(value_ints=axes)
+        return getattr(op, op_type)(like.inputs[0], axes_value, keepdims=keep, **attributes)
+    return getattr(op, op_type)(like.inputs[0], axes=axes, keepdims=keep, **attributes)
+
+
+def model_opset(context) -> int:
+    model = getattr(context, "model", None)
+    return model.opset_imports.get("", 18) if model is not None else 18
+
+
+class ReciprocalByDivision(pattern.RewriteRuleClassBase):
+    def pattern(self, op, one, s):
+        return op.Div(one, s)
+
+    def check(self, context, one, s, **_):
+        return pattern.MatchResult() if scalar(one) == 1.0 else pattern.MatchResult().fail("")
+
+    def rewrite(self, op, s, **_):
+        return op.Reciprocal(s)
+
+
+class MeanFromSum(pattern.RewriteRuleClassBase):
+    def pattern(self, op, v, n):
+        return op.Div(op.ReduceSum(v, _allow_other_inputs=True, _outputs=["total"]), n)
+
+    def check(self, context, v, n, total, **_):
+        result = pattern.MatchResult()
+        axes = reduce_axes(total.producer())
+        if axes is None or v.shape is None or scalar(n) is None:
+            return result.fail("axes, shape or divisor unknown")
+        dims = [v.shape[a] for a in axes]
+        if not all(isinstance(d, int) for d in dims) or math.prod(dims) != scalar(n):
+            return result.fail("divisor is not the element count")
+        self._opset = model_opset(context)
+        return result
+
+    def rewrite(self, op, v, total, **_):
+        node = total.producer()
+        return reduce(op, node, "ReduceMean", keepdims(node), self._opset)
+
+
+class KeepDimsByReshape(pattern.RewriteRuleClassBase):
+    """Reshape(Reduce(v, keepdims=0), v's shape with 1s) -> Reduce(v, keepdims=1).
+
+    The reduction is an input of the pattern, not part of it: exporters also read its shape
+    (Shape nodes), which the rewriter would otherwise refuse to orphan.
+    """
+
+    def pattern(self, op, reduced, shape):
+        return op.Reshape(reduced, shape, _allow_other_attributes=True)
+
+    def check(self, context, reduced, shape, **_):
+        """Prove ``shape`` is v's shape with the reduced axes set to 1, element by element."""
+        result = pattern.MatchResult()
+        node = reduced.producer()
+        if node is None or node.op_type not in ("ReduceMean", "ReduceSum"):
+            return result.fail("not a reshaped reduction")
+        v = node.inputs[0]
+        axes, r = reduce_axes(node), rank(v)
+        target = shape_elements(shape)
+        if keepdims(node) != 0 or axes is None or r is None or target is None or len(target) != r:
+            return result.fail("not a keepdims=0 reduction reshaped to the input's rank")
+        axes = sorted(a % r for a in axes)
+        kept = [a for a in range(r) if a not in axes]
+        for axis, element in enumerate(target):
+            if axis in axes:
+                if element != 1:
+                    return result.fail(f"reshape puts {element} at reduced axis {axis}")
+            elif not _is_dim(element, v, axis, reduced, kept.index(axis)):
+                return result.fail(f"reshape does not keep dimension {axis}")
+        self._opset = model_opset(context)
+        return result
+
+    def rewrite(self, op, reduced, **_):
+        node = reduced.producer()
+        return reduce(op, node, node.op_type, 1, self._opset)
+
+
+def _expand_past(op_type: str, binary: bool) -> pattern.RewriteRule:
+    """f(Expand(v, s)[, c]) -> Expand(f(v[, c]), s): elementwise ops commute with Expand."""
+
+    def target(op, v, shape, c=None):
+        expanded = op.Expand(v, shape)
+        return getattr(op, op_type)(expanded, c) if binary else getattr(op, op_type)(expanded)
+
+    def condition(context, c=None, **_):
+        return not binary or scalar(c) is not None
+
+    def replacement(op, v, shape, c=None, **_):
+        inner = getattr(op, op_type)(v, c) if binary else getattr(op, op_type)(v)
+        return op.Expand(inner, shape)
+
+    if binary:
+        return pattern.RewriteRule(
+            lambda op, v, shape, c: target(op, v, shape, c), replacement, condition
+        )
+    return pattern.RewriteRule(lambda op, v, shape: target(op, v, shape), replacement, condition)
+
+
+def _drop_expand(op_type: str) -> pattern.RewriteRule:
+    """g(a, Expand(v, s)) -> g(a, v) when the result has a's shape and v broadcasts into a."""
+
+    def target(op, a, v, shape):
+        return getattr(op, op_type)(a, op.Expand(v, shape), _outputs=["out"])
+
+    def condition(context, a, v, out, **_):
+        return same_shape(a, out) and broadcasts_into(v, a)
+
+    def replacement(op, a, v, **_):
+        return getattr(op, op_type)(a, v)
+
+    return pattern.RewriteRule(target, replacement, condition)
+
+
+def canonical_rules() -> pattern.RewriteRuleSet:
+    rules = [
+        ReciprocalByDivision.rule(),
+        mul_by_1_rule,
+        div_by_1_rule,
+        MeanFromSum.rule(),
+        KeepDimsByReshape.rule(),
+        *(_expand_past(t, binary=True) for t in _ELEMENTWISE_WITH_SCALAR),
+        *(_expand_past(t, binary=False) for t in _ELEMENTWISE_UNARY),
+        *(_drop_expand(t) for t in ("Sub", "Mul", "Div")),
+    ]
+    return pattern.RewriteRuleSet(rules, commute=True)
+
+
+def _is_dim(element, v: ir.Value, axis: int, reduced: ir.Value, reduced_axis: int) -> bool:
+    """element is v's dimension ``axis`` (read from v or from the reduced tensor, or static)."""
+    if element in ((v, axis), (reduced, reduced_axis)):
+        return True
+    return isinstance(element, int) and element == static_dim(v, axis)

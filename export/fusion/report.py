@@ -1,0 +1,83 @@
+"""The fusion report: every candidate site, fused or rejected and why, plus op histograms."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+
+@dataclass
+class Site:
+    name: str
+    status: str  # "fused" | "already_fused" | "rejected"
+    channels: int | None = None
+    epsilon: float | None = None
+    style: str | None = None
+    affine: str | None = None  # "weight+bias" | "weight" | "none"
+    form: str | None = None
+    reason: str | None = None
+    anchor: str | None = None  # the graph node the site was found at
+
+
+@dataclass
+class FusionReport:
+    sites: list[Site] = field(default_factory=list)
+    ops_before: dict[str, int] = field(default_factory=dict)
+    ops_after: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fused(self) -> list[Site]:
+        return [s for s in self.sites if s.status != "rejected"]
+
+    @property
+    def rejected(self) -> list[Site]:
+        return [s for s in self.sites if s.status == "rejected"]
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(s.status for s in self.sites))
+
+    def to_dict(self) -> dict:
+        return {
+            "summary": {
+                "sites": len(self.sites),
+                **{k: v for k, v in sorted(self.counts().items())},
+                "nodes_before": sum(self.ops_before.values()),
+                "nodes_after": sum(self.ops_after.values()),
+            },
+            "sites": [asdict(s) for s in self.sites],
+            "ops_before": self.ops_before,
+            "ops_after": self.ops_after,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def summary_line(self) -> str:
+        c = self.counts()
+        return (
+            f"{len(self.sites)} LayerNorm2d candidate site(s): {c.get('fused', 0)} fused, "
+            f"{c.get('already_fused', 0)} already fused, {c.get('rejected', 0)} rejected; "
+            f"nodes {sum(self.ops_before.values())} -> {sum(self.ops_after.values())}"
+        )
+
+    def table(self) -> str:
+        lines = [self.summary_line()]
+        for s in self.sites:
+            detail = (
+                s.reason
+                if s.status == "rejected"
+                else f"C={s.channels} eps={s.epsilon:g} {s.style} affine={s.affine} -> {s.form}"
+            )
+            lines.append(f"  {s.name:<14} {s.status:<14} {detail}")
+        return "\n".join(lines)
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    counts = Counter(
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+        for n in model.graph.node
+    )
+    return dict(sorted(counts.items()))
