@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml tests/requirements-nodeps.txt
 demo: $(STAMP)
 	$(BIN)/ln2d train --out $(ARTIFACTS)/model.safetensors
 	$(BIN)/ln2d info $(ARTIFACTS)/model.safetensors
+	$(BIN)/ln2d export $(ARTIFACTS)/model.safetensors -o $(ARTIFACTS)/model.onnx \
+		--report $(ARTIFACTS)/fuse.json
+	$(BIN)/ln2d parity $(ARTIFACTS)/model.safetensors $(ARTIFACTS)/model.onnx \
+		--json $(ARTIFACTS)/parity.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -29,7 +29,7 @@ def fuse_model(
     report = FusionReport(ops_before=op_histogram(model))
     graph = ir.serde.deserialize_model(model)
     _reinfer_shapes(graph)
-    _to_fixpoint(canonical_rules(), graph)
+    _to_fixpoint(canonical_rules(), graph, reinfer=True)
     for canonical in (
         passes.IdentityEliminationPass(),
         # Equal constants become one initializer, so equal computations become one node.
@@ -60,13 +60,16 @@ def fuse_model(
     return fused, report
 
 
-def _to_fixpoint(rules: pattern.RewriteRuleSet, model: ir.Model, limit: int = 20) -> None:
-    """Apply until nothing changes, re-inferring shapes: rules read the shapes of new nodes."""
+def _to_fixpoint(
+    rules: pattern.RewriteRuleSet, model: ir.Model, reinfer: bool = False, limit: int = 20
+) -> None:
+    """Apply until nothing changes; ``reinfer`` when later rules read the shapes of new nodes."""
     for _ in range(limit):
         if rules.apply_to_model(model) == 0:
             return
-        passes.RemoveUnusedNodesPass()(model)
-        _reinfer_shapes(model)
+        if reinfer:
+            passes.RemoveUnusedNodesPass()(model)
+            _reinfer_shapes(model)
 
 
 def _reinfer_shapes(model: ir.Model) -> None:
@@ -98,6 +101,7 @@ def _name_sites(model: ir.Model) -> list[Site]:
                 style=node.attributes["style"].as_string(),
                 affine=affine,
                 anchor=x.name,
+                output=node.outputs[0].name,
             )
         )
     return sites

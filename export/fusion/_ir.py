@@ -109,3 +109,33 @@ def shape_elements(value: ir.Value) -> list[DimRef] | None:
         hi = r if end is None else min(end.as_int() % r if end.as_int() < 0 else end.as_int(), r)
         return [(node.inputs[0], i) for i in range(lo, hi)]
     return None
+
+
+def _resolves_to(element: DimRef, value: ir.Value, axis: int) -> bool:
+    """element names the same size as value's dimension ``axis``."""
+    if element == (value, axis):
+        return True
+    dim = value.shape[axis] if value.shape is not None else None
+    if isinstance(element, tuple):
+        tensor, index = element
+        return tensor.shape is not None and same_shape_dim(tensor.shape[index], dim)
+    return isinstance(element, int) and element == dim
+
+
+def expand_is_redundant(a: ir.Value, v: ir.Value, shape: ir.Value) -> bool:
+    """g(a, Expand(v, shape)) == g(a, v) when, at every position, the target is 1, or is a's
+    size, or v already spans a's size there (same symbol). The last case assumes what exporters
+    guarantee when they rebuild a shape with Shape/Concat: the symbolic sizes they read are
+    equal (torch.export proves it, ONNX shape inference cannot see through e.g. a padded Conv).
+    """
+    target, r = shape_elements(shape), rank(a)
+    if target is None or r is None or len(target) > r or not broadcasts_into(v, a):
+        return False
+    offset = r - len(target)
+    v_offset = r - v.shape.rank()
+
+    def spans(j: int) -> bool:
+        axis = offset + j
+        return axis >= v_offset and same_shape_dim(v.shape[axis - v_offset], a.shape[axis])
+
+    return all(e == 1 or _resolves_to(e, a, offset + j) or spans(j) for j, e in enumerate(target))

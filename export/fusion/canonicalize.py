@@ -22,11 +22,10 @@ from onnxscript.rewriter import pattern
 from onnxscript.rewriter.rules.common import div_by_1_rule, mul_by_1_rule
 
 from export.fusion._ir import (
-    broadcasts_into,
+    expand_is_redundant,
     keepdims,
     rank,
     reduce_axes,
-    same_shape,
     scalar,
     shape_elements,
     static_dim,
@@ -142,13 +141,13 @@ def _expand_past(op_type: str, binary: bool) -> pattern.RewriteRule:
 
 
 def _drop_expand(op_type: str) -> pattern.RewriteRule:
-    """g(a, Expand(v, s)) -> g(a, v) when the result has a's shape and v broadcasts into a."""
+    """g(a, Expand(v, s)) -> g(a, v) when s never grows past a's shape."""
 
     def target(op, a, v, shape):
-        return getattr(op, op_type)(a, op.Expand(v, shape), _outputs=["out"])
+        return getattr(op, op_type)(a, op.Expand(v, shape))
 
-    def condition(context, a, v, out, **_):
-        return same_shape(a, out) and broadcasts_into(v, a)
+    def condition(context, a, v, shape, **_):
+        return expand_is_redundant(a, v, shape)
 
     def replacement(op, a, v, **_):
         return getattr(op, op_type)(a, v)

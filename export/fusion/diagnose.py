@@ -39,6 +39,8 @@ def rejected_sites(model: ir.Model) -> list[Site]:
             or any(m.inputs[0] is squared for m in means)  # E[x^2] part of a second-moment site
         ):
             continue
+        if squared is None and not _subtracted_from_input(node):
+            continue  # a plain mean (global average pooling): no norm here
         sites.append(
             Site(
                 name=f"rejected_{len(sites)}",
@@ -50,15 +52,19 @@ def rejected_sites(model: ir.Model) -> list[Site]:
     return sites
 
 
+def _subtracted_from_input(node: ir.Node) -> bool:
+    return any(
+        use.node.op_type == "Sub" and use.node.inputs[0] is node.inputs[0]
+        for use in node.outputs[0].uses()
+    )
+
+
 def _reason(node: ir.Node, x: ir.Value, squared: ir.Value | None) -> str:
     if squared is not None:
         return "mean of squares with no mean subtracted (an RMS norm), not a LayerNorm"
     reason = rejection(x, None, [node.outputs[0]])
     if reason:
         return reason
-    subtracts = [u.node for u in node.outputs[0].uses() if u.node.op_type == "Sub"]
-    if not any(s.inputs[0] is x for s in subtracts):
-        return "the channel mean is never subtracted from its input: not a normalisation"
     return (
         "mean-centred over channels, but the variance / normalisation does not match a "
         "biased-variance LayerNorm (e.g. unbiased variance, or other ops in between)"

@@ -27,6 +27,14 @@ DOMAIN = "ai.ln2d"
 PLACEHOLDER = "LayerNorm2d"
 
 
+def placeholder(op, inputs: list[ir.Value], attributes: dict) -> ir.Value:
+    """An ai.ln2d::LayerNorm2d node. Its output keeps x's type and shape, which shape inference
+    cannot derive for a schema-less op and which the rules downstream of it read."""
+    out = op.LayerNorm2d(*inputs, _domain=DOMAIN, **attributes)
+    out.type, out.shape = inputs[0].type, inputs[0].shape
+    return out
+
+
 def _square(op, v):
     return pattern.OrValue([op.Mul(v, v), op.Pow(v, 2.0)])
 
@@ -64,7 +72,7 @@ class _LayerNorm2dCore(pattern.RewriteRuleClassBase):
         return result
 
     def rewrite(self, op, x, **_):
-        return op.LayerNorm2d(x, _domain=DOMAIN, **self._attributes)
+        return placeholder(op, [x], self._attributes)
 
 
 class DivideByStd(_LayerNorm2dCore):
@@ -151,7 +159,7 @@ class AlreadyFused(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, x, scale, **_):
         inputs = [x, scale] + ([self._bias] if self._bias is not None else [])
-        return op.LayerNorm2d(*inputs, _domain=DOMAIN, **self._attributes)
+        return placeholder(op, inputs, self._attributes)
 
 
 def _channel_constant(value: ir.Value, channels: int) -> np.ndarray | None:
@@ -202,7 +210,7 @@ class _AbsorbAffine(pattern.RewriteRuleClassBase):
         if self.slot == 2 and len(inputs) == 1:  # a bias with no weight before it
             inputs.append(new_initializer(op, np.ones_like(self._array), "scale"))
         inputs.append(new_initializer(op, self._array, "scale" if self.slot == 1 else "bias"))
-        return op.LayerNorm2d(*inputs, _domain=DOMAIN, **node.attributes)
+        return placeholder(op, inputs, dict(node.attributes))
 
 
 class AbsorbWeight(_AbsorbAffine):

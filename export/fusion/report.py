@@ -19,7 +19,8 @@ class Site:
     affine: str | None = None  # "weight+bias" | "weight" | "none"
     form: str | None = None
     reason: str | None = None
-    anchor: str | None = None  # the graph node the site was found at
+    anchor: str | None = None  # the site's input value (fused) or its mean node (rejected)
+    output: str | None = None  # the site's output value: same name before and after fusion
 
 
 @dataclass

@@ -1,0 +1,43 @@
+"""The ONNX ``metadata_props`` that ln2d writes, and that the server reads (by these keys).
+
+Every value is a string; structured values are JSON. Documented in docs/onnx-metadata.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+
+PREFIX = "ln2d."
+KEYS = (
+    "name",  # model name for the server and the v2 protocol
+    "labels",  # JSON list of class names, index order
+    "input",  # JSON: channels, height, width, mean, std, layout, color
+    "architecture",  # JSON ModelConfig
+    "eps",  # the norm epsilon, repr of the float
+    "version",  # ln2d version that wrote the file
+    "checkpoint_sha256",  # sha256 of the source checkpoint file
+    "fusion",  # JSON fusion summary: sites, counts, forms, node counts
+)
+
+
+def write(model: onnx.ModelProto, values: dict[str, object]) -> None:
+    """Set ``ln2d.<key>`` entries, replacing old ones; non-strings are stored as JSON."""
+    unknown = set(values) - set(KEYS)
+    if unknown:
+        raise ValueError(f"unknown metadata keys {sorted(unknown)}")
+    keep = [p for p in model.metadata_props if p.key.removeprefix(PREFIX) not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in values.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        model.metadata_props.add(key=PREFIX + key, value=text)
+
+
+def read(model: onnx.ModelProto) -> dict[str, str]:
+    return {
+        p.key.removeprefix(PREFIX): p.value
+        for p in model.metadata_props
+        if p.key.startswith(PREFIX)
+    }
