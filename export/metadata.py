@@ -33,11 +33,3 @@ def write(model: onnx.ModelProto, values: dict[str, object]) -> None:
     for key, value in values.items():
         text = value if isinstance(value, str) else json.dumps(value)
         model.metadata_props.add(key=PREFIX + key, value=text)
-
-
-def read(model: onnx.ModelProto) -> dict[str, str]:
-    return {
-        p.key.removeprefix(PREFIX): p.value
-        for p in model.metadata_props
-        if p.key.startswith(PREFIX)
-    }

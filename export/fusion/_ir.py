@@ -58,13 +58,6 @@ def static_dim(value: ir.Value, axis: int) -> int | None:
     return dim if isinstance(dim, int) else None
 
 
-def same_shape(a: ir.Value, b: ir.Value) -> bool:
-    """Both shapes known and equal dim by dim (symbolic dims by name)."""
-    if a.shape is None or b.shape is None or a.shape.rank() != b.shape.rank():
-        return False
-    return all(same_shape_dim(da, db) for da, db in zip(a.shape, b.shape, strict=True))
-
-
 def broadcasts_into(small: ir.Value, big: ir.Value) -> bool:
     """Every dimension of small is 1 or equal to big's (aligned from the right)."""
     if small.shape is None or big.shape is None or small.shape.rank() > big.shape.rank():

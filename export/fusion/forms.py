@@ -10,8 +10,6 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
-FLOAT32 = ir.DataType.FLOAT.value
-
 Form = Callable[..., ir.Value]
 
 
