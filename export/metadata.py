@@ -1,6 +1,7 @@
 """The ONNX ``metadata_props`` that ln2d writes, and that the server reads (by these keys).
 
-Every value is a string; structured values are JSON. Documented in docs/onnx-metadata.md.
+Every value is a string; structured values are JSON. The README ("Export, fusion and parity")
+lists the keys for users.
 """
 
 from __future__ import annotations
