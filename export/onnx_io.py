@@ -9,7 +9,7 @@ from google.protobuf.message import DecodeError
 
 from ln2d.errors import UserError
 
-MIN_OPSET = 13  # ReduceSum with axes as input, and what the canonical rules assume
+MIN_FUSE_OPSET = 13  # ReduceSum with axes as input, and what the canonical rules assume
 
 
 def load_model(path: Path) -> onnx.ModelProto:
@@ -28,8 +28,8 @@ def load_model(path: Path) -> onnx.ModelProto:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"{path} is not a valid ONNX model: {first}") from exc
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or opset < MIN_OPSET:
-        raise UserError(f"{path} uses opset {opset}; ln2d fuse supports {MIN_OPSET} and newer")
+    if opset is None or opset < MIN_FUSE_OPSET:
+        raise UserError(f"{path} uses opset {opset}; ln2d fuse supports {MIN_FUSE_OPSET} and newer")
     return model
 
 
