@@ -26,6 +26,9 @@ demo: $(STAMP)
 		--report $(ARTIFACTS)/fuse.json
 	$(BIN)/ln2d parity $(ARTIFACTS)/model.safetensors $(ARTIFACTS)/model.onnx \
 		--json $(ARTIFACTS)/parity.json
+	$(BIN)/ln2d samples $(ARTIFACTS)/samples
+	# Starts ln2d serve on a free port, classifies over REST, stops it with SIGTERM.
+	$(BIN)/ln2d predict --serve $(ARTIFACTS)/model.onnx $(ARTIFACTS)/samples/*
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from ln2d.commands import add_checkpoint_arguments, load_from_args
+from ln2d.commands import add_checkpoint_arguments, int_list, load_from_args
 from ln2d.errors import UserError
 
 
@@ -56,6 +57,24 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--bisect", action="store_true", help="on failure, name the first diverging LayerNorm2d"
     )
     parity.set_defaults(run=run_parity, extra="export,cpu")
+
+    bench_serve = commands.add_parser(
+        "bench-serve",
+        help="load-test a real ln2d serve process beside raw ONNX Runtime",
+        description="Start ln2d serve for MODEL.onnx on a free loopback port and measure "
+        "/v1/classify (224x224 PNG photo) and v2 binary infer at each concurrency, an overload "
+        "run, and memory over a soak run. Prints a markdown table; --json writes everything.",
+    )
+    bench_serve.add_argument("model", type=Path, metavar="MODEL.onnx")
+    bench_serve.add_argument("--concurrency", type=int_list, default=(1, 8, 32), help="e.g. 1,8,32")
+    bench_serve.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    bench_serve.add_argument("--overload", type=int, default=256, help="overload concurrency")
+    bench_serve.add_argument("--soak", type=int, default=10_000, help="soak run requests")
+    bench_serve.add_argument(
+        "--server-args", default="", help="extra ln2d serve flags, e.g. '--max-batch 16'"
+    )
+    bench_serve.add_argument("--json", type=Path, help="write the results as JSON")
+    bench_serve.set_defaults(run=run_bench_serve, extra="export,serve,cpu")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -110,3 +129,24 @@ def _write(path: Path | None, text: str) -> None:
         path.write_text(text)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def run_bench_serve(args: argparse.Namespace) -> int:
+    import shlex
+
+    from export.bench_serve import BenchOptions, run, table
+
+    if not args.model.is_file():
+        raise UserError(f"model file not found: {args.model}")
+    options = BenchOptions(
+        args.model,
+        args.concurrency,
+        args.seconds,
+        args.overload,
+        args.soak,
+        tuple(shlex.split(args.server_args)),
+    )
+    report = run(options)
+    print(table(report))
+    _write(args.json, json.dumps(report, indent=2))
+    return 0

@@ -24,7 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         default="layernorm2d",
         choices=["layernorm2d", "batchnorm", "groupnorm", "instancenorm", "none"],
     )
-    train.add_argument("--widths", type=_ints, default=(32, 64, 128), help="e.g. 32,64,128")
+    train.add_argument("--widths", type=int_list, default=(32, 64, 128), help="e.g. 32,64,128")
     train.add_argument("--eps", type=float, default=1e-6, help="norm epsilon")
     train.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint path")
     train.add_argument("--seed", type=int, default=0)
@@ -49,6 +49,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_checkpoint_arguments(info)
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(run=run_info, extra="torch")
+
+    samples = commands.add_parser(
+        "samples",
+        help="write sample images to try a server with: digits (PNG) and two photos (JPEG)",
+        description="Write to DIR the first --count digits of the validation split as 16x16 "
+        "PNGs (the digits model's own input size) and scikit-learn's two bundled photos, "
+        "china.jpg and flower.jpg, as they ship (real JPEG bytes).",
+    )
+    samples.add_argument("out", type=Path, metavar="DIR")
+    samples.add_argument("--count", type=int, default=4, help="how many digits (default: 4)")
+    samples.set_defaults(run=run_samples, extra="torch")
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -188,7 +199,8 @@ def _fmt(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type for "32,64,128"."""
     return tuple(int(v) for v in text.split(","))
 
 
@@ -200,3 +212,24 @@ def _labels(text: str) -> tuple[str, ...]:
     if text.startswith("@"):
         return tuple(line.strip() for line in Path(text[1:]).read_text().splitlines() if line)
     return tuple(v.strip() for v in text.split(","))
+
+
+def run_samples(args: argparse.Namespace) -> int:
+    from shutil import copyfile
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from ln2d.data import load_digits, split
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    _, val = split(load_digits(), 0.2, seed=0)
+    for i, (image, target) in enumerate(zip(val.images[: args.count], val.targets, strict=False)):
+        path = args.out / f"digit-{i}-label-{val.labels[target]}.png"
+        Image.fromarray(image[:, :, 0]).save(path)
+        print(path)
+    for photo in load_sample_images().filenames:
+        path = args.out / Path(photo).name
+        copyfile(photo, path)
+        print(path)
+    return 0

@@ -29,3 +29,12 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_cli("train", "--out", str(path), "--no-progress")
     assert result.returncode == 0, result.stderr
     return path
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits checkpoint exported (and fused) by ``ln2d export``."""
+    path = tmp_path_factory.mktemp("onnx") / "digits.onnx"
+    result = run_cli("export", str(digits_checkpoint), "-o", str(path))
+    assert result.returncode == 0, result.stderr
+    return path

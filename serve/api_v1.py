@@ -1,0 +1,132 @@
+"""``POST /v1/classify`` (images in, top-k classes out) and ``GET /v1/model``."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+
+from serve import images
+from serve.app import ServerState
+from serve.batcher import Result
+from serve.errors import ApiError
+
+
+class Prediction(BaseModel):
+    index: int
+    label: str
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    provider: str
+    predictions: list[list[Prediction]]
+    timings_ms: dict[str, float]
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **{media: _BINARY for media in sorted(images.MEDIA_TYPES)},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+
+
+def router(state: ServerState) -> APIRouter:
+    routes = APIRouter(tags=["classify"])
+    settings, info = state.settings, state.info
+
+    @routes.post(
+        "/v1/classify",
+        summary="Classify images: the raw body, or one or more multipart 'file' fields",
+        response_model=None,
+        responses={200: {"model": ClassifyResponse}},
+        openapi_extra=_BODY,
+    )
+    async def classify(
+        request: Request,
+        top_k: int = Query(settings.top_k, ge=1, description="classes per image"),
+    ) -> dict:
+        state.check_ready()
+        arrived, deadline = time.monotonic(), state.deadline()
+        blobs = await _images(request, settings.max_images)
+        with state.batcher.admit(len(blobs)) as admission:
+            samples = await state.decode(blobs)
+            decoded = time.monotonic()
+            state.metrics.observe("decode", decoded - arrived)
+            results = await state.batcher.infer(admission, samples, deadline)
+        k = min(top_k, info.num_classes)
+        return {
+            "model": info.name,
+            "provider": state.model.provider,
+            "predictions": [_top(result.logits, info.labels, k) for result in results],
+            "timings_ms": _timings(arrived, decoded, results),
+        }
+
+    @routes.get("/v1/model", summary="The served model: name, labels, input, provider")
+    async def model() -> dict:
+        return {
+            "name": info.name,
+            "labels": list(info.labels),
+            "input": {
+                "channels": info.channels,
+                "height": info.height,
+                "width": info.width,
+                "media_types": sorted(images.FORMATS.values()),
+            },
+            "provider": state.model.provider,
+            "max_images": settings.max_images,
+            "max_body_bytes": settings.max_body_bytes,
+            "top_k": settings.top_k,
+        }
+
+    return routes
+
+
+async def _images(request: Request, max_images: int) -> list[bytes]:
+    """The raw body as one image, or every multipart ``file`` field."""
+    content_type = request.headers.get("content-type", "")
+    if request.headers.get("content-encoding", "identity") != "identity":
+        raise ApiError(415, "compressed request bodies are not accepted")
+    if not content_type.startswith("multipart/form-data"):
+        images.check_media_type(content_type)
+        return [await request.body()]
+    async with request.form(max_files=max_images, max_fields=max_images) as form:
+        files = form.getlist("file")
+        if not files or not all(isinstance(f, UploadFile) for f in files):
+            raise ApiError(400, "multipart body needs one or more 'file' fields holding images")
+        for upload in files:
+            images.check_media_type(upload.content_type or "application/octet-stream")
+        return [await upload.read() for upload in files]
+
+
+def _top(logits: np.ndarray, labels: tuple[str, ...], k: int) -> list[dict]:
+    shifted = np.exp(logits.astype(np.float64) - logits.max())
+    probabilities = shifted / shifted.sum()
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [{"index": int(i), "label": labels[i], "score": float(probabilities[i])} for i in order]
+
+
+def _timings(arrived: float, decoded: float, results: list[Result]) -> dict[str, float]:
+    return {
+        "decode": round((decoded - arrived) * 1000, 3),
+        "queue": round(max(r.queue_s for r in results) * 1000, 3),
+        "inference": round(max(r.inference_s for r in results) * 1000, 3),
+        "total": round((time.monotonic() - arrived) * 1000, 3),
+    }

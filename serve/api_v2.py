@@ -1,0 +1,91 @@
+"""The Open Inference Protocol (KServe v2) endpoints: server and model metadata, model
+readiness and inference, with the binary tensor data and classification extensions."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import version as package_version
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from serve import v2
+from serve.app import ServerState
+from serve.errors import ApiError
+
+# Parsing a JSON tensor this large would hold the event loop for milliseconds: use a thread.
+INLINE_PARSE_BYTES = 64 * 1024
+
+
+def router(state: ServerState) -> APIRouter:
+    routes = APIRouter(tags=["v2 (Open Inference Protocol)"])
+    info = state.info
+
+    @routes.get("/v2", summary="Server metadata")
+    async def server_metadata() -> dict:
+        return {
+            "name": "ln2d",
+            "version": package_version("ln2d"),
+            "extensions": ["binary_tensor_data", "classification"],
+        }
+
+    async def model_metadata(name: str, version: str | None = None) -> dict:
+        state.check_model(name, version)
+        return {
+            "name": info.name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [_tensor(info.input_name, [-1, *info.sample_shape])],
+            "outputs": [_tensor(info.output_name, [-1, info.num_classes])],
+            "parameters": {
+                "provider": state.model.provider,
+                "labels": list(info.labels),
+                "max_batch_size": state.settings.max_batch,
+            },
+        }
+
+    async def model_ready(name: str, version: str | None = None) -> JSONResponse:
+        state.check_model(name, version)
+        if state.ready:
+            return JSONResponse({"name": name, "ready": True})
+        return JSONResponse({"error": f"not ready: {state.not_ready}"}, 400)
+
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        state.check_model(name, version)
+        state.check_ready()
+        deadline = state.deadline()
+        if request.headers.get("content-encoding", "identity") != "identity":
+            raise ApiError(415, "compressed request bodies are not accepted")
+        body = await request.body()
+        header_length = request.headers.get(v2.HEADER_LENGTH)
+        parse_args = (body, header_length, info, state.settings.max_images)
+        if len(body) <= INLINE_PARSE_BYTES:
+            parsed = v2.parse_request(*parse_args)
+        else:
+            parsed = await asyncio.get_running_loop().run_in_executor(
+                state.decoders, v2.parse_request, *parse_args
+            )
+        with state.batcher.admit(len(parsed.samples)) as admission:
+            results = await state.batcher.infer(admission, parsed.samples, deadline)
+        logits = np.stack([result.logits for result in results])
+        content, headers = v2.build_response(parsed, logits, info)
+        return Response(content, headers=headers)
+
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        routes.add_api_route(prefix, model_metadata, methods=["GET"], summary="Model metadata")
+        routes.add_api_route(
+            prefix + "/ready", model_ready, methods=["GET"], summary="Model readiness"
+        )
+        routes.add_api_route(
+            prefix + "/infer",
+            infer,
+            methods=["POST"],
+            summary="Inference: JSON tensors or binary tensor data",
+            response_model=None,
+        )
+    return routes
+
+
+def _tensor(name: str, shape: list[int]) -> dict:
+    return {"name": name, "datatype": v2.DATATYPE, "shape": shape}

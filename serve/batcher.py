@@ -1,0 +1,179 @@
+"""Dynamic batching with admission control, on the event loop; inference off it.
+
+Requests from every endpoint put single samples in one queue. A loop takes up to ``max_batch``
+of them, waiting at most ``max_delay`` after the oldest when the queue is short, and runs the
+batch in one inference thread; while it runs, the next batch fills. Admission is counted in
+images from the moment a request is accepted (before decoding), so an overloaded server refuses
+work at the door, in microseconds, instead of queueing it behind a growing backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve.errors import ApiError
+from serve.metrics import Metrics
+
+log = logging.getLogger("ln2d.serve")
+
+
+@dataclass(frozen=True)
+class Result:
+    logits: np.ndarray  # (classes,)
+    queue_s: float
+    inference_s: float
+
+
+@dataclass(eq=False)
+class Admission:
+    """A request's reservation, from ``admit`` to its answer."""
+
+    unsubmitted: int
+
+
+@dataclass(eq=False)
+class _Item:
+    sample: np.ndarray
+    future: asyncio.Future[Result]
+    enqueued: float
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+        metrics: Metrics,
+    ) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._metrics = metrics
+        self._pending: deque[_Item] = deque()
+        self._admitted = 0  # images accepted and not yet answered
+        self._incoming = 0  # of those, images not yet submitted to infer (being decoded)
+        self._arrived = asyncio.Event()
+        self._full = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ln2d-inference")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="ln2d-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(ApiError(503, "server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    @property
+    def full(self) -> bool:
+        return self._admitted >= self.max_queue
+
+    @contextmanager
+    def admit(self, images: int) -> Iterator[Admission]:
+        """Reserve room for ``images`` until the request is answered; 503 when there is none."""
+        if self._admitted + images > self.max_queue:
+            self._metrics.rejections.labels("queue_full").inc()
+            raise ApiError(
+                503,
+                f"server busy: {self._admitted} images queued (limit {self.max_queue})",
+                {"Retry-After": "1"},
+            )
+        admission = Admission(images)
+        self._admitted += images
+        self._incoming += images
+        self._metrics.queue_depth.set(self._admitted)
+        try:
+            yield admission
+        finally:
+            self._admitted -= images
+            self._incoming -= admission.unsubmitted
+            self._metrics.queue_depth.set(self._admitted)
+
+    async def infer(
+        self, admission: Admission, samples: np.ndarray, deadline: float
+    ) -> list[Result]:
+        """Logits for admitted ``(N, C, H, W)`` samples; 504 if they are not done by ``deadline``
+        (``time.monotonic()`` seconds)."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        items = [_Item(sample, loop.create_future(), now) for sample in samples]
+        self._pending.extend(items)
+        admission.unsubmitted -= len(items)
+        self._incoming -= len(items)
+        self._arrived.set()
+        if len(self._pending) >= self.max_batch or not self._incoming:
+            self._full.set()
+        futures = [item.future for item in items]
+        waiting = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+        try:
+            done = await asyncio.wait_for(waiting, max(0.0, deadline - now))
+        except asyncio.TimeoutError:
+            self._metrics.rejections.labels("deadline").inc()
+            raise ApiError(504, "deadline exceeded while waiting for inference") from None
+        return [done] if len(futures) == 1 else done
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+            await self._fill_window()
+            batch = self._take()
+            if batch:
+                await self._run_batch(loop, batch)
+
+    async def _fill_window(self) -> None:
+        """While the queue is short and admitted images are still being decoded, wait until
+        they arrive, the queue is full, or the oldest has waited max_delay. Waiting for
+        requests that nobody has sent would only add latency."""
+        wait = self._pending[0].enqueued + self.max_delay_s - time.monotonic()
+        if len(self._pending) < self.max_batch and self._incoming and wait > 0:
+            self._full.clear()
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._full.wait(), wait)
+
+    def _take(self) -> list[_Item]:
+        batch: list[_Item] = []
+        while self._pending and len(batch) < self.max_batch:
+            item = self._pending.popleft()
+            if not item.future.done():  # a request past its deadline has cancelled it
+                batch.append(item)
+        return batch
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        started = time.monotonic()
+        stacked = np.stack([item.sample for item in batch])
+        try:
+            logits = await loop.run_in_executor(self._executor, self._run, stacked)
+        except Exception:
+            log.exception("inference failed on a batch of %d", len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(ApiError(500, "inference failed"))
+            return
+        inference_s = time.monotonic() - started
+        self._metrics.batch_size.observe(len(batch))
+        self._metrics.observe("inference", inference_s)
+        for item, row in zip(batch, logits, strict=True):
+            self._metrics.observe("queue", started - item.enqueued)
+            if not item.future.done():
+                item.future.set_result(Result(row, started - item.enqueued, inference_s))

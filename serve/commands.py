@@ -1,0 +1,143 @@
+"""``ln2d serve`` and ``ln2d predict``. No torch, no ``ln2d`` imports: a serving install has
+neither. Errors print one line and return exit code 2, as the other commands do."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from serve.client import DEFAULT_URL
+from serve.settings import ENV_PREFIX, Settings
+
+EXIT_BAD_INPUT = 2
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve an exported ONNX model over REST and the v2 inference protocol",
+        description="Serve MODEL.onnx: POST /v1/classify, the Open Inference Protocol under /v2, "
+        f"/metrics, /docs. Every option is also an environment variable ({ENV_PREFIX}MAX_BATCH "
+        "for --max-batch); a flag wins over the variable.",
+    )
+    serve.add_argument(
+        "model_path",
+        type=Path,
+        nargs="?",
+        metavar="MODEL.onnx",
+        help=f"the model written by ln2d export (or {ENV_PREFIX}MODEL_PATH)",
+    )
+    _add_settings_flags(serve)
+    serve.set_defaults(run=run_serve, extra="serve,cpu")
+
+    predict = commands.add_parser(
+        "predict",
+        help="classify image files with a running server",
+        description="POST each IMAGE to URL/v1/classify and print the top classes. A server "
+        f"started with a token needs it in {ENV_PREFIX}TOKEN.",
+    )
+    predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    predict.add_argument(
+        "--url",
+        default=os.environ.get(f"{ENV_PREFIX}URL", DEFAULT_URL),
+        help=f"the server (env {ENV_PREFIX}URL; default {DEFAULT_URL})",
+    )
+    predict.add_argument("--top-k", type=int, default=3, help="classes per image (default: 3)")
+    predict.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    predict.add_argument("--json", action="store_true", help="print the server's JSON answers")
+    predict.add_argument(
+        "--serve",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="start a temporary ln2d serve for MODEL.onnx on a free port, use it, and stop it",
+    )
+    predict.set_defaults(run=run_predict, extra="serve")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field, default None so that unset flags leave env and defaults."""
+    for name, field in Settings.model_fields.items():
+        if name == "model_path":
+            continue
+        env = ENV_PREFIX + name.upper()
+        default = "unset" if field.default is None else field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default) or "none"
+        help_text = f"{field.description} (env {env}; default {default})"
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, metavar=name.upper(), help=help_text)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from serve.model import ModelLoadError
+    from serve.server import serve
+
+    given = {
+        name: value
+        for name in Settings.model_fields
+        if (value := getattr(args, name, None)) is not None
+    }
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        return _fail("serve", _validation_message(exc))
+    try:
+        return 0 if serve(settings) else 1
+    except ModelLoadError as exc:
+        return _fail("serve", str(exc))
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from serve.launcher import LaunchError, ServerProcess
+
+    if args.serve is None:
+        return _predict_all(args, args.url)
+    try:
+        with ServerProcess(args.serve, ["--no-access-log"]) as server:
+            print(f"started ln2d serve {args.serve} at {server.url}", file=sys.stderr)
+            return _predict_all(args, server.url)
+    except LaunchError as exc:
+        return _fail("predict", str(exc))
+
+
+def _predict_all(args: argparse.Namespace, url: str) -> int:
+    from serve.client import ClientFailure, classify
+
+    token = os.environ.get(f"{ENV_PREFIX}TOKEN")
+    status = 0
+    for path in args.images:
+        try:
+            answer = classify(path, url, args.top_k, token, args.timeout)
+        except ClientFailure as exc:
+            status = _fail("predict", str(exc))
+            continue
+        if args.json:
+            print(json.dumps({"file": str(path), **answer}))
+            continue
+        ranked = ", ".join(f"{p['label']} {p['score']:.3f}" for p in answer["predictions"][0])
+        print(f"{path}: {ranked}  ({answer['timings_ms']['total']:.1f} ms)")
+    return status
+
+
+def _validation_message(exc: Exception) -> str:
+    problems = []
+    for error in exc.errors():  # type: ignore[attr-defined]
+        name = ".".join(map(str, error["loc"]))
+        if name == "model_path" and error["type"] == "missing":
+            problems.append(f"give MODEL.onnx or set {ENV_PREFIX}MODEL_PATH")
+        else:
+            problems.append(f"--{name.replace('_', '-')}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"ln2d {command}: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT

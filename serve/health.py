@@ -1,0 +1,30 @@
+"""Health, server metadata and metrics: the endpoints that never need a token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from serve.app import ServerState
+
+
+def router(state: ServerState) -> APIRouter:
+    routes = APIRouter(tags=["health"])
+
+    @routes.get("/v2/health/live", summary="200 while the process serves HTTP")
+    async def live() -> dict:
+        return {"live": True}
+
+    # The protocol says not-ready is a 4xx; 400 is what Triton answers.
+    @routes.get("/v2/health/ready", summary="200 once warmed up, 400 while warming or draining")
+    async def ready() -> JSONResponse:
+        if state.ready:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "error": f"not ready: {state.not_ready}"}, 400)
+
+    @routes.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return routes

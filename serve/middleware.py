@@ -1,0 +1,153 @@
+"""Plain ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): access log with a
+request id and request metrics, the request body limit, and load shedding."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve.metrics import Metrics
+
+access_log = logging.getLogger("ln2d.access")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestLog:
+    """Counts and times every request by route template, tags it with ``X-Request-ID`` (the
+    client's own, when it is a sane token), and logs one JSON line per request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, enabled: bool) -> None:
+        self.app, self.metrics, self.enabled = app, metrics, enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        status = 500
+
+        async def send_tagged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_tagged)
+        finally:
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.observe("total", elapsed)
+            if self.enabled:
+                access_log.info(
+                    json.dumps(
+                        {
+                            "request_id": request_id.decode(),
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": status,
+                            "ms": round(elapsed * 1000, 3),
+                            "client": (scope.get("client") or ("", 0))[0],
+                        }
+                    )
+                )
+
+
+# Unique per process start and cheap: uuid4 per request costs a getrandom() system call.
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_ids = itertools.count(1)
+
+
+def _request_id(scope: Scope) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and REQUEST_ID.fullmatch(value.decode("latin-1")):
+            return value
+    return f"{_ID_PREFIX}-{next(_ids)}".encode()
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """413 for a body over ``limit`` bytes: at once from Content-Length, or as soon as a
+    streamed (chunked) body crosses it, before it is all read."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyTooLarge
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except BodyTooLarge:
+            if not started:
+                await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        message = f"request body larger than {self.limit} bytes"
+        await send_error(send, 413, message, {"connection": "close"})
+
+
+class LoadShedding:
+    """Refuses POSTs (all of them inference) with 503 before routing or reading the body
+    while ``busy()`` gives a reason, so that an overloaded server spends microseconds, not a
+    whole request, on each refusal; admission itself stays exact in the batcher."""
+
+    def __init__(self, app: ASGIApp, busy: Callable[[], str | None]) -> None:
+        self.app, self.busy = app, busy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            reason = self.busy()
+            if reason is not None:
+                await send_error(send, 503, reason, {"retry-after": "1"})
+                return
+        await self.app(scope, receive, send)
+
+
+async def send_error(send: Send, status: int, message: str, headers: dict[str, str]) -> None:
+    """Answer ``{"error": message}`` straight from the ASGI layer."""
+    body = json.dumps({"error": message}).encode()
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((name.encode(), value.encode()) for name, value in headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})

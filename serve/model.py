@@ -1,0 +1,176 @@
+"""The served model: one ONNX Runtime session and what its ``ln2d.*`` metadata says about it.
+
+Everything the server needs (name, labels, input size, mean/std) comes from the metadata that
+``ln2d export`` writes, read through ONNX Runtime, so serving needs neither torch nor onnx.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("ln2d.serve")
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+METADATA_PREFIX = "ln2d."
+
+
+class ModelLoadError(Exception):
+    """The model cannot be served: a missing or invalid file, or an unavailable provider."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a client needs to know to send an image, and what the server needs to decode it."""
+
+    name: str
+    labels: tuple[str, ...]
+    input_name: str
+    output_name: str
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float
+    has_metadata: bool
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+class Model:
+    """An ONNX Runtime session over a batch of normalised ``(N, C, H, W)`` float32 images."""
+
+    def __init__(self, path: Path, provider: str, cpu_fallback: bool, threads: int) -> None:
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        started = time.monotonic()
+        self.session = _session(ort, path, provider, cpu_fallback, threads)
+        self.load_seconds = time.monotonic() - started
+        self.provider = self.session.get_providers()[0]
+        self.info = _info(self.session, path)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run([self.info.output_name], {self.info.input_name: batch})
+        return logits
+
+    def warm_up(self, batch_sizes: list[int]) -> None:
+        """Run every batch size once, so first requests do not pay for allocations and tuning."""
+        for size in batch_sizes:
+            self.run(np.zeros((size, *self.info.sample_shape), np.float32))
+
+
+def _session(ort, path: Path, provider: str, cpu_fallback: bool, threads: int):
+    wanted = PROVIDERS[provider]
+    if wanted not in ort.get_available_providers():
+        if not cpu_fallback:
+            raise ModelLoadError(
+                f"{wanted} is not available in this onnxruntime build "
+                f"({', '.join(ort.get_available_providers())}); install onnxruntime-gpu, "
+                "or allow --cpu-fallback"
+            )
+        log.warning("%s is not available; serving on CPU (--cpu-fallback)", wanted)
+        wanted = PROVIDERS["cpu"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Spinning threads burn the cores that the event loop and the image decoders need between
+    # batches; a request-driven server is better off sleeping.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=[wanted])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for invalid files
+        raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+    active = session.get_providers()[0]
+    if active != wanted and not cpu_fallback:
+        raise ModelLoadError(f"{wanted} was requested but ONNX Runtime activated {active}")
+    return session
+
+
+def _info(session, path: Path) -> ModelInfo:
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelLoadError(
+            f"expected one input and one output, got {len(inputs)} and {len(outputs)}"
+        )
+    if inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+        raise ModelLoadError(
+            f"expected a float32 (N, C, H, W) input, got {inputs[0].type} {inputs[0].shape}"
+        )
+    meta = {
+        key.removeprefix(METADATA_PREFIX): value
+        for key, value in session.get_modelmeta().custom_metadata_map.items()
+        if key.startswith(METADATA_PREFIX)
+    }
+    try:
+        return _from_metadata(meta, inputs[0], outputs[0])
+    except (KeyError, ValueError, TypeError) as exc:
+        log.warning(
+            "%s has no usable ln2d metadata (%s); serving with index labels, the input size "
+            "from the graph (default 32x32) and no normalisation",
+            path,
+            exc,
+        )
+        return _from_graph(path, inputs[0], outputs[0])
+
+
+def _from_metadata(meta: dict[str, str], model_input, model_output) -> ModelInfo:
+    spec = json.loads(meta["input"])
+    labels = tuple(str(label) for label in json.loads(meta["labels"]))
+    channels = int(spec["channels"])
+    classes = model_output.shape[-1]
+    if isinstance(classes, int) and classes != len(labels):
+        raise ValueError(f"{len(labels)} labels for {classes} outputs")
+    mean, std = tuple(map(float, spec["mean"])), tuple(map(float, spec["std"]))
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ValueError("mean/std do not match the channels")
+    return ModelInfo(
+        name=meta["name"],
+        labels=labels,
+        input_name=model_input.name,
+        output_name=model_output.name,
+        channels=channels,
+        height=int(spec["height"]),
+        width=int(spec["width"]),
+        mean=mean,
+        std=std,
+        scale=float(spec.get("scale", 1 / 255)),
+        has_metadata=True,
+    )
+
+
+def _from_graph(path: Path, model_input, model_output) -> ModelInfo:
+    _, channels, height, width = (d if isinstance(d, int) else None for d in model_input.shape)
+    classes = model_output.shape[-1]
+    if channels not in (1, 3) or not isinstance(classes, int):
+        raise ModelLoadError(
+            f"{path} has no ln2d metadata and its shapes do not say the channels (1 or 3) and "
+            f"the class count: input {model_input.shape}, output {model_output.shape}"
+        )
+    return ModelInfo(
+        name=path.stem,
+        labels=tuple(str(i) for i in range(classes)),
+        input_name=model_input.name,
+        output_name=model_output.name,
+        channels=channels,
+        height=height or 32,
+        width=width or 32,
+        mean=(0.0,) * channels,
+        std=(1.0,) * channels,
+        scale=1 / 255,
+        has_metadata=False,
+    )

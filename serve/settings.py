@@ -1,0 +1,71 @@
+"""The server's whole configuration: one typed object, read from flags and ``LN2D_*`` variables.
+
+Every field is an ``ln2d serve`` flag (``max_batch`` -> ``--max-batch``) and an environment
+variable (``LN2D_MAX_BATCH``); a flag wins over the variable, the variable over the default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "LN2D_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    model_path: Path = Field(description="the ONNX model to serve (written by ln2d export)")
+    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 in a container")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
+    provider: Literal["cpu", "cuda"] = Field("cpu", description="ONNX Runtime execution provider")
+    cpu_fallback: bool = Field(
+        False, description="with --provider cuda, serve on CPU when CUDA is unavailable"
+    )
+    max_batch: int = Field(32, ge=1, le=1024, description="largest batch sent to the model")
+    max_delay_ms: float = Field(
+        2.0, ge=0, le=1000, description="how long a batch waits for more images after the first"
+    )
+    max_queue: int = Field(
+        64, ge=1, description="images admitted but not yet answered; beyond it: 503"
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, description="per-request deadline from arrival to answer; beyond it: 504"
+    )
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads (0 = from the CPU quota)"
+    )
+    decode_threads: int = Field(
+        0, ge=0, description="image decoding threads (0 = from the CPU quota)"
+    )
+    max_body_bytes: int = Field(
+        16 * 2**20, ge=1024, description="largest request body; beyond it: 413"
+    )
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="largest image (width x height) decoded; beyond it: 413"
+    )
+    max_images: int = Field(64, ge=1, description="most images in one request")
+    top_k: int = Field(5, ge=1, description="default number of classes in /v1/classify")
+    token: SecretStr | None = Field(
+        None,
+        description="bearer token required on inference and metadata endpoints (prefer the "
+        "variable: flags show in ps)",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS (comma list; none = off)"
+    )
+    drain_timeout_s: float = Field(
+        20.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    access_log: bool = Field(True, description="one JSON line per request")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value

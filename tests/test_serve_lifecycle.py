@@ -1,0 +1,245 @@
+"""The server under load and over its lifetime: batching, backpressure, deadlines, SIGTERM
+drain, auth, models without metadata, providers, CLI errors. Every load loop is bounded."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import onnx
+import pytest
+
+from export.loadgen import http_request, run_load
+from ln2d.data import Preprocessing
+from serve.cpu_quota import cgroup_quota
+from serve.launcher import ServerProcess
+from tests.conftest import run_cli
+from tests.images import digit, png
+
+GOOD_PNG = png(digit(0)[0])
+PNG_HEADERS = {"content-type": "image/png"}
+
+
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(name)
+
+
+def test_concurrent_requests_are_batched(digits_onnx):
+    with ServerProcess(digits_onnx, ["--max-delay-ms", "20", "--max-batch", "16"]) as server:
+        request = http_request("POST", "/v1/classify", GOOD_PNG, PNG_HEADERS)
+        result = run_load(server.host, server.port, request, concurrency=16, seconds=1.0)
+        assert result.status_counts() == {200: len(result.statuses)}
+        runs = _metric(server.url, "ln2d_batch_size_count")
+        images = _metric(server.url, "ln2d_batch_size_sum")
+        assert images > runs, f"{images} images in {runs} runs: nothing was batched"
+        assert _metric(server.url, 'ln2d_batch_size_bucket{le="1.0"}') < runs
+
+
+def test_overload_is_refused_fast_and_the_server_stays_ready(digits_onnx):
+    with ServerProcess(digits_onnx, ["--max-queue", "4", "--max-batch", "4"]) as server:
+        request = http_request("POST", "/v1/classify", GOOD_PNG, PNG_HEADERS)
+        result = run_load(server.host, server.port, request, concurrency=64, seconds=1.5)
+        counts = result.status_counts()
+        assert set(counts) == {200, 503} and counts[200] > 0 and counts[503] > 0, counts
+        assert result.failures == 0
+        # A refusal is answered without queueing: much faster than an admitted request.
+        assert result.summary(503)["p50_ms"] < result.summary(200)["p50_ms"]
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+        too_many = [("file", ("x.png", GOOD_PNG, "image/png"))] * 5  # 5 images > queue of 4
+        refused = httpx.post(f"{server.url}/v1/classify", files=too_many)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "busy" in refused.json()["error"]
+        assert httpx.post(f"{server.url}/v1/classify", content=GOOD_PNG, headers=PNG_HEADERS)
+
+
+def test_deadline_gives_504(digits_onnx):
+    with ServerProcess(digits_onnx, ["--timeout-s", "0.000001"]) as server:
+        response = httpx.post(f"{server.url}/v1/classify", content=GOOD_PNG, headers=PNG_HEADERS)
+        assert response.status_code == 504 and "deadline" in response.json()["error"]
+        assert 'reason="deadline"' in httpx.get(f"{server.url}/metrics").text
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(digits_onnx):
+    server = ServerProcess(digits_onnx, ["--max-images", "64", "--decode-threads", "1"])
+    photo = png(digit(0)[0].repeat(40, axis=0).repeat(40, axis=1))  # 640x640: slow to decode
+    files = [("file", (f"{i}.png", photo, "image/png")) for i in range(64)]
+    answers: list[httpx.Response] = []
+    sender = threading.Thread(
+        target=lambda: answers.append(httpx.post(f"{server.url}/v1/classify", files=files))
+    )
+    sender.start()
+    deadline = time.monotonic() + 10
+    while _metric(server.url, "ln2d_in_flight_requests") < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)  # the /metrics request itself is one of them
+    server.process.send_signal(signal.SIGTERM)
+    sender.join(30)
+    assert server.process.wait(30) == 0
+    assert answers and answers[0].status_code == 200
+    assert len(answers[0].json()["predictions"]) == 64
+    assert any("Shutting down" in line for line in server.logs)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/v2/health/live")
+
+
+def test_bearer_token(digits_onnx):
+    with ServerProcess(digits_onnx, env={"LN2D_TOKEN": "s3cret"}) as server:
+        url = server.url
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+        assert httpx.get(f"{url}/metrics").status_code == 200
+        for path in ("/v2", "/v2/models/ln2d-layernorm2d", "/v1/model"):
+            refused = httpx.get(f"{url}{path}")
+            assert refused.status_code == 401 and refused.headers["www-authenticate"]
+        wrong = {**PNG_HEADERS, "authorization": "Bearer nope"}
+        assert httpx.post(f"{url}/v1/classify", content=GOOD_PNG, headers=wrong).status_code == 401
+        right = {**PNG_HEADERS, "authorization": "Bearer s3cret"}
+        assert httpx.post(f"{url}/v1/classify", content=GOOD_PNG, headers=right).status_code == 200
+
+
+def test_cors_is_off_unless_configured(digits_onnx):
+    origin = {"origin": "http://example.test"}
+    with ServerProcess(digits_onnx) as server:
+        answer = httpx.get(f"{server.url}/v2/health/live", headers=origin)
+        assert "access-control-allow-origin" not in answer.headers
+    with ServerProcess(digits_onnx, ["--cors-origins", "http://example.test"]) as server:
+        answer = httpx.get(f"{server.url}/v2/health/live", headers=origin)
+        assert answer.headers["access-control-allow-origin"] == "http://example.test"
+
+
+def test_model_without_metadata_serves_with_index_labels(digits_onnx, tmp_path):
+    model = onnx.load(str(digits_onnx))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with ServerProcess(bare) as server:
+        assert any("no usable ln2d metadata" in line for line in server.logs)
+        answer = httpx.post(f"{server.url}/v1/classify", content=GOOD_PNG, headers=PNG_HEADERS)
+        assert answer.status_code == 200 and answer.json()["model"] == "bare"
+        assert {p["label"] for p in answer.json()["predictions"][0]} <= {str(i) for i in range(10)}
+
+
+def test_cuda_without_the_provider_fails_loudly_or_falls_back_when_asked(digits_onnx):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA: the refusal path cannot be exercised")
+    refused = run_cli("serve", str(digits_onnx), "--provider", "cuda", "--port", "0")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("ln2d serve: error: CUDAExec")
+    with ServerProcess(digits_onnx, ["--provider", "cuda", "--cpu-fallback"]) as server:
+        assert any("serving on CPU" in line for line in server.logs)
+        info = httpx.get(f"{server.url}/v1/model").json()
+        assert info["provider"] == "CPUExecutionProvider"
+
+
+@pytest.mark.cuda
+def test_cuda_provider_is_active(digits_onnx):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("no CUDAExecutionProvider in this onnxruntime build")
+    with ServerProcess(digits_onnx, ["--provider", "cuda"]) as server:
+        info = httpx.get(f"{server.url}/v1/model").json()
+        assert info["provider"] == "CUDAExecutionProvider"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["/nonexistent.onnx"], "model file not found"),
+        (["MODEL", "--max-batch", "0"], "--max-batch"),
+        (["MODEL", "--provider", "tpu"], "--provider"),
+        ([], "give MODEL.onnx or set LN2D_MODEL_PATH"),
+    ],
+)
+def test_serve_cli_errors_are_one_line(digits_onnx, args, message):
+    result = run_cli("serve", *[str(digits_onnx) if a == "MODEL" else a for a in args])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_predict_cli(digits_onnx, tmp_path):
+    image = tmp_path / "digit.png"
+    image.write_bytes(GOOD_PNG)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with ServerProcess(digits_onnx) as server:
+        ok = run_cli("predict", str(image), "--url", server.url, "--json")
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout)["predictions"][0][0]["label"] == digit(0)[1]
+        bad = run_cli("predict", str(text), "--url", server.url)
+        assert bad.returncode == 2 and "HTTP 415" in bad.stderr
+    gone = run_cli("predict", str(image), "--url", server.url)
+    assert gone.returncode == 2 and "cannot reach" in gone.stderr
+
+
+def test_predict_serve_starts_and_stops_its_own_server(digits_onnx, tmp_path):
+    image = tmp_path / "digit.png"
+    image.write_bytes(GOOD_PNG)
+    result = run_cli("predict", "--serve", str(digits_onnx), str(image))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{image}: {digit(0)[1]} ")
+
+
+def test_serve_imports_neither_torch_nor_ln2d():
+    code = (
+        "import sys, serve.app, serve.server, serve.commands, serve.launcher, serve.client\n"
+        "bad = [m for m in ('torch', 'ln2d') if m in sys.modules]\n"
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "150000 100000"}, 1.5),
+        ({"cpu.max": "max 100000"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000", "cpu/cpu.cfs_period_us": "100000"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_quota(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text + "\n")
+    assert cgroup_quota(tmp_path) == expected
+
+
+def test_many_clients_on_both_apis_at_once(digits_onnx):
+    """Bounded mixed traffic through one batch queue: every answer is right, whichever
+    endpoint it came from."""
+    session_meta = onnx.load(str(digits_onnx)).metadata_props
+    pre = Preprocessing.from_dict(
+        json.loads(next(p.value for p in session_meta if p.key == "ln2d.input"))
+    )
+    pixels, label = digit(0)
+    tensor = pre(pixels[None, :, :, None])
+    v2_body = {
+        "inputs": [
+            {"name": "input", "shape": list(tensor.shape), "datatype": "FP32",
+             "data": tensor.ravel().tolist()}
+        ],
+        "outputs": [{"name": "logits", "parameters": {"classification": 1}}],
+    }  # fmt: skip
+    with ServerProcess(digits_onnx) as server, httpx.Client(base_url=server.url) as http:
+
+        def one(i: int) -> str:
+            if i % 2:
+                body = http.post("/v1/classify", content=GOOD_PNG, headers=PNG_HEADERS).json()
+                return body["predictions"][0][0]["label"]
+            answer = http.post("/v2/models/ln2d-layernorm2d/infer", json=v2_body).json()
+            return answer["outputs"][0]["data"][0].split(":")[2]
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(one, range(64))) == {label}
