@@ -31,13 +31,17 @@ class ServerProcess:
 
     def __init__(
         self,
-        model: Path,
+        model: Path | None,
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         command: Sequence[str] | None = None,
         ready_timeout: float = 60.0,
     ) -> None:
-        argv = [*(command or [sys.executable, "-m", "ln2d", "serve"]), str(model), "--port", "0"]
+        """``command`` (default: this Python's ``ln2d serve``) ``model --port 0 args``; with
+        ``model=None``, the command and ``env`` alone say what to serve and where."""
+        argv = list(command or [sys.executable, "-m", "ln2d", "serve"])
+        if model is not None:
+            argv += [str(model), "--port", "0"]
         self.process = subprocess.Popen(
             [*argv, *args],
             stdout=subprocess.DEVNULL,

@@ -1,0 +1,89 @@
+"""The images without a Docker engine: hadolint on both Dockerfiles, and the CPU image's exact
+entrypoint and environment run as a plain process from the wheel in a fresh venv (no torch)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve.launcher import ServerProcess
+from tests.images import digit, png
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_passes(dockerfile):
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def image_command(dockerfile: Path) -> tuple[list[str], dict[str, str]]:
+    """The final stage's ENTRYPOINT and ENV, as the container would run them."""
+    final = dockerfile.read_text().split("\nFROM ")[-1].replace("\\\n", " ")
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", final, re.M)[1])
+    env: dict[str, str] = {}
+    for block in re.findall(r"^ENV (.*)$", final, re.M):
+        env.update(re.findall(r"(\w+)=(\S+)", block))
+    return entrypoint, env
+
+
+@pytest.mark.slow
+def test_cpu_image_entrypoint_from_the_wheel_in_a_fresh_venv(digits_onnx, tmp_path):
+    wheels, venv = tmp_path / "wheels", tmp_path / "venv"
+    # The same wheel build as the image's first stage.
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels),
+         str(ROOT)],
+        check=True,
+    )  # fmt: skip
+    (wheel,) = wheels.glob("ln2d-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[serve,cpu]"], check=True)
+    no_torch = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, text=True
+    )
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+
+    entrypoint, env = image_command(DOCKERFILES[0])
+    assert entrypoint == ["ln2d", "serve"]
+    # Only what must differ outside a container: the model's path, and loopback with a free port.
+    env.update(LN2D_MODEL_PATH=str(digits_onnx), LN2D_HOST="127.0.0.1", LN2D_PORT="0")
+    command = [str(venv / "bin" / entrypoint[0]), *entrypoint[1:]]
+    server = ServerProcess(None, env=env, command=command)
+    pixels, label = digit(0)
+    answer = httpx.post(
+        f"{server.url}/v1/classify", content=png(pixels), headers={"content-type": "image/png"}
+    )
+    assert answer.status_code == 200 and answer.json()["predictions"][0][0]["label"] == label
+    assert server.stop() == 0
+
+
+def test_compose_agrees_with_the_images():
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    for name, dockerfile in (("ln2d", DOCKERFILES[0]), ("ln2d-gpu", DOCKERFILES[1])):
+        service = services[name]
+        _, env = image_command(dockerfile)
+        assert service["build"]["dockerfile"] == f"docker/{dockerfile.name}"
+        assert service["ports"][0].endswith(f":{env['LN2D_PORT']}")
+        drain = float(
+            service["environment"].get("LN2D_DRAIN_TIMEOUT_S", env["LN2D_DRAIN_TIMEOUT_S"])
+        )
+        assert float(service["stop_grace_period"].rstrip("s")) > drain
+    gpu = services["ln2d-gpu"]
+    assert gpu["environment"]["LN2D_PROVIDER"] == "cuda"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    scrape = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == ["ln2d:8000", "ln2d-gpu:8000"]
