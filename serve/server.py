@@ -64,15 +64,14 @@ def serve(settings: Settings) -> bool:
     """Load the model (raising ModelLoadError before any port is bound), then serve until a
     signal. False if the server could not start (for example, the port is taken)."""
     configure_logging(settings.log_level)
-    model = Model(
-        settings.model_path, settings.provider, settings.cpu_fallback, inference_threads(settings)
-    )
+    threads = inference_threads(settings)
+    model = Model(settings.model_path, settings.provider, settings.cpu_fallback, threads)
     log.info(
         "loaded %s as %r on %s (%d inference threads) in %.2f s",
         settings.model_path,
         model.info.name,
         model.provider,
-        inference_threads(settings),
+        threads,
         model.load_seconds,
     )
     app = create_app(settings, model)
