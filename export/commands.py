@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ln2d.commands import add_checkpoint_arguments, int_list, load_from_args
-from ln2d.errors import UserError
+from ln2d.errors import UserError, writing
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -57,6 +57,27 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--bisect", action="store_true", help="on failure, name the first diverging LayerNorm2d"
     )
     parity.set_defaults(run=run_parity, extra="export,cpu")
+
+    triton = commands.add_parser(
+        "triton-repo",
+        help="write a Triton Inference Server model repository for an exported model",
+        description="Write DIR/<name>/config.pbtxt (onnxruntime_onnx, dynamic batching with a "
+        "bounded queue, dims from the model, label_filename), DIR/<name>/labels.txt and "
+        "DIR/<name>/1/model.onnx. <name> is the model's ln2d.name metadata unless --name.",
+    )
+    triton.add_argument("model", type=Path, metavar="MODEL.onnx")
+    triton.add_argument("repository", type=Path, metavar="DIR")
+    triton.add_argument("--name", help="Triton model name (default: the model's ln2d.name)")
+    # Defaults (None here) come from triton_repo.Batching: the same as ln2d serve's.
+    triton.add_argument("--max-batch", type=int, help="max_batch_size (default: 32)")
+    triton.add_argument(
+        "--max-delay-ms", type=float, help="dynamic batcher's wait for more requests (default: 2)"
+    )
+    triton.add_argument(
+        "--max-queue", type=int, help="requests waiting before Triton rejects (default: 64)"
+    )
+    triton.add_argument("--timeout-s", type=float, help="queue timeout per request (default: 10)")
+    triton.set_defaults(run=run_triton_repo, extra="export")
 
     bench_serve = commands.add_parser(
         "bench-serve",
@@ -121,14 +142,23 @@ def run_parity(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def run_triton_repo(args: argparse.Namespace) -> int:
+    from export.triton_repo import Batching, write_repository
+
+    flags = ("max_batch", "max_delay_ms", "max_queue", "timeout_s")
+    batching = Batching(**{f: getattr(args, f) for f in flags if getattr(args, f) is not None})
+    if min(batching.max_batch, batching.max_queue) < 1 or batching.max_delay_ms < 0:
+        raise UserError("--max-batch and --max-queue must be >= 1, --max-delay-ms >= 0")
+    target = write_repository(args.model, args.repository, args.name, batching)
+    print(f"wrote {target}/ (config.pbtxt, labels.txt, 1/model.onnx)")
+    print(f"  tritonserver --model-repository {args.repository}")
+    return 0
+
+
 def _write(path: Path | None, text: str) -> None:
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from exc
+    if path is not None:
+        with writing(path):
+            path.write_text(text)
 
 
 def run_bench_serve(args: argparse.Namespace) -> int:

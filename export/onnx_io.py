@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from ln2d.errors import UserError
+from ln2d.errors import UserError, writing
 
 MIN_FUSE_OPSET = 13  # ReduceSum with axes as input, and what the canonical rules assume
 
@@ -34,9 +34,5 @@ def load_model(path: Path) -> onnx.ModelProto:
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, str(path))
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}") from exc
+    with writing(Path(path)) as target:
+        onnx.save(model, str(target))
