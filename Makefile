@@ -6,7 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARTIFACTS ?= artifacts
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv browser clean
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
 
@@ -34,7 +36,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# The page's tests drive Debian's chromium headless (Playwright, from .venv, brings no browser).
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+		|| ($(SUDO) apt-get update -q \
+		    && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+test: lint browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -117,7 +117,7 @@ class ServerState:
 
 
 def create_app(settings: Settings, model: Model) -> FastAPI:
-    from serve import api_v1, api_v2, health
+    from serve import api_v1, api_v2, health, page
 
     state = ServerState(settings, model)
 
@@ -142,6 +142,7 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
     _add_error_handlers(app)
     auth = [Depends(_bearer(settings))]
     app.include_router(health.router(state))
+    page.mount(app)
     app.include_router(api_v1.router(state), dependencies=auth)
     app.include_router(api_v2.router(state), dependencies=auth)
     # Added last = outermost: the log sees every answer, including 413s and CORS refusals.
