@@ -44,7 +44,9 @@ def test_fp32_matches_formula_and_layer_norm(shape, eps, seed, scale):
     y = norm(x)
     assert y.shape == x.shape and y.dtype == torch.float32
     ref = reference(x, norm.weight, norm.bias, eps)
-    torch.testing.assert_close(y.double(), ref, atol=1e-6, rtol=1e-6)
+    # Outputs reach about 3 (weight up to 1.5, bias up to 0.5): 4e-6 is some 16 fp32 ulps there;
+    # 1e-6 was exceeded (1.05e-6) by a fresh Hypothesis example with 3 channels and scale 0.01.
+    torch.testing.assert_close(y.double(), ref, atol=4e-6, rtol=1e-6)
     permuted = F.layer_norm(x.permute(0, 2, 3, 1), (shape[1],), norm.weight, norm.bias, eps)
     torch.testing.assert_close(y, permuted.permute(0, 3, 1, 2), atol=1e-6, rtol=1e-6)
 

@@ -198,7 +198,7 @@ def test_keyboard_only(page):
     outline = page.tab.evaluate("getComputedStyle(document.getElementById('drop-zone')).outline")
     assert "solid" in outline  # the focused picker is visibly marked
     with page.tab.expect_file_chooser() as chooser:
-        page.tab.keyboard.press("Enter")
+        page.tab.keyboard.press("Space")
     data, label = digit_png(2)
     chooser.value.set_files({"name": "digit.png", "mimeType": "image/png", "buffer": data})
     assert page.predictions()[0][0] == label
