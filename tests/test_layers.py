@@ -33,6 +33,14 @@ def make_norm(channels: int, eps: float, seed: int, affine: bool = True) -> Laye
     return norm
 
 
+def fp32_tolerance(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per pixel: fp32 rounding of x is amplified by |x| / sqrt(var + eps) when normalising
+    (nearly equal channels, eps 1e-12), so the bound grows with that condition number."""
+    x = x.double()
+    spread = (x.var(1, unbiased=False, keepdim=True) + eps).sqrt()
+    return 4e-6 + 1e-6 * x.abs().amax(1, keepdim=True) / spread
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     shape=shapes, eps=eps_values, seed=st.integers(0, 2**16), scale=st.sampled_from([1e-2, 1, 50])
@@ -44,11 +52,10 @@ def test_fp32_matches_formula_and_layer_norm(shape, eps, seed, scale):
     y = norm(x)
     assert y.shape == x.shape and y.dtype == torch.float32
     ref = reference(x, norm.weight, norm.bias, eps)
-    # Outputs reach about 3 (weight up to 1.5, bias up to 0.5): 4e-6 is some 16 fp32 ulps there;
-    # 1e-6 was exceeded (1.05e-6) by a fresh Hypothesis example with 3 channels and scale 0.01.
-    torch.testing.assert_close(y.double(), ref, atol=4e-6, rtol=1e-6)
+    tolerance = fp32_tolerance(x, eps)
+    assert ((y.double() - ref).abs() <= tolerance).all()
     permuted = F.layer_norm(x.permute(0, 2, 3, 1), (shape[1],), norm.weight, norm.bias, eps)
-    torch.testing.assert_close(y, permuted.permute(0, 3, 1, 2), atol=1e-6, rtol=1e-6)
+    assert ((y - permuted.permute(0, 3, 1, 2)).abs().double() <= tolerance).all()
 
 
 @settings(max_examples=40, deadline=None)
