@@ -9,6 +9,13 @@ from pathlib import Path
 from ln2d.commands import add_checkpoint_arguments, int_list, load_from_args
 from ln2d.errors import UserError, writing
 
+# export.fusion.targets.TARGETS, named here so that registering commands imports no onnx.
+TARGETS = ("cpu", "cuda", "portable")
+TARGET_HELP = (
+    "runtime to fuse for: per site, the form ln2d bench measured fastest there "
+    "(cpu), or one LayerNormalization (cuda, portable); default: cpu"
+)
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
@@ -21,6 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("-o", "--output", type=Path, required=True, help="model.onnx to write")
     export.add_argument("--opset", type=int, help="ONNX opset (default: 23; at least 18)")
     export.add_argument("--no-fuse", action="store_true", help="keep the decomposed graph")
+    export.add_argument("--target", choices=TARGETS, default="cpu", help=TARGET_HELP)
     export.add_argument("--report", type=Path, help="write the fusion report as JSON")
     export.set_defaults(run=run_export, extra="export,cpu")
 
@@ -32,6 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     fuse.add_argument("input", type=Path, metavar="IN.onnx")
     fuse.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
+    fuse.add_argument("--target", choices=TARGETS, default="cpu", help=TARGET_HELP)
     fuse.add_argument("--report", type=Path, help="write the fusion report as JSON")
     fuse.set_defaults(run=run_fuse, extra="export,cpu")
 
@@ -57,6 +66,32 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--bisect", action="store_true", help="on failure, name the first diverging LayerNorm2d"
     )
     parity.set_defaults(run=run_parity, extra="export,cpu")
+
+    bench = commands.add_parser(
+        "bench",
+        help="time every fused LayerNorm2d form against the decomposed graph, per provider",
+        description="For each network and grid point (N, C, S, S), time the decomposed "
+        "export, the same network without its norms, every fused form, what each --target "
+        "picks, and PyTorch eager, interleaved; report medians, ratios to decomposed, and the "
+        "LN2d's effective GB/s beside a copy. Prints markdown tables; --json writes all.",
+    )
+    bench.add_argument(
+        "--model",
+        type=_names,
+        default=("ln2d", "convnext-block", "simple"),
+        help="comma list of ln2d, convnext-block, simple (default: all)",
+    )
+    bench.add_argument("--providers", type=_names, default=("cpu", "cuda"), help="cpu,cuda")
+    bench.add_argument("--batch", type=int_list, default=(1, 8, 32), help="e.g. 1,8,32")
+    bench.add_argument(
+        "--channels", type=int_list, default=(32, 96, 256), help="C (simple: fixed at 3)"
+    )
+    bench.add_argument("--spatial", type=int_list, default=(8, 28, 56), help="H = W")
+    bench.add_argument("--seconds", type=float, default=0.5, help="time per variant and grid point")
+    bench.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
+    bench.add_argument("--json", type=Path, help="write the results as JSON")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(run=run_bench, extra="export,cpu")
 
     triton = commands.add_parser(
         "triton-repo",
@@ -103,7 +138,8 @@ def run_export(args: argparse.Namespace) -> int:
     from export.onnx_io import save_model
 
     checkpoint = load_from_args(args)
-    proto, report = export_checkpoint(checkpoint, args.opset or DEFAULT_OPSET, not args.no_fuse)
+    opset = args.opset or DEFAULT_OPSET
+    proto, report = export_checkpoint(checkpoint, opset, not args.no_fuse, args.target)
     save_model(proto, args.output)
     if report is not None:
         print(report.table())
@@ -117,7 +153,7 @@ def run_fuse(args: argparse.Namespace) -> int:
     from export.onnx_io import load_model, save_model
 
     model = load_model(args.input)
-    fused, report = fuse_model(model)
+    fused, report = fuse_model(model, args.target)
     save_model(fused, args.output)
     print(report.table())
     _write(args.report, report.to_json())
@@ -140,6 +176,39 @@ def run_parity(args: argparse.Namespace) -> int:
     print(report.table())
     _write(args.json, report.to_json())
     return 0 if report.passed else 1
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import os
+
+    from export.bench import BenchOptions, run, table
+    from export.bench_models import NETWORKS
+
+    unknown = sorted(set(args.model) - set(NETWORKS)) + sorted(
+        set(args.providers) - {"cpu", "cuda"}
+    )
+    if unknown:
+        raise UserError(f"unknown model or provider: {', '.join(unknown)}")
+    if min(args.batch + args.channels + args.spatial) < 1 or args.seconds <= 0:
+        raise UserError("--batch, --channels and --spatial must be positive, --seconds > 0")
+    options = BenchOptions(
+        args.model,
+        args.providers,
+        args.batch,
+        args.channels,
+        args.spatial,
+        args.seconds,
+        args.threads or len(os.sched_getaffinity(0)),
+        progress=not args.no_progress,
+    )
+    report = run(options)
+    print(table(report))
+    _write(args.json, json.dumps(report, indent=2))
+    return 0
 
 
 def run_triton_repo(args: argparse.Namespace) -> int:

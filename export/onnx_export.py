@@ -15,6 +15,7 @@ import torch
 
 from export import metadata
 from export.fusion import FusionReport, fuse_model
+from export.fusion.targets import DEFAULT_TARGET
 from ln2d import __version__
 from ln2d.checkpoint import Checkpoint
 from ln2d.errors import UserError
@@ -26,18 +27,22 @@ MIN_OPSET = 18  # the dynamo exporter emits ReduceMean with axes as input (opset
 
 
 def export_checkpoint(
-    checkpoint: Checkpoint, opset: int = DEFAULT_OPSET, fuse: bool = True
+    checkpoint: Checkpoint,
+    opset: int = DEFAULT_OPSET,
+    fuse: bool = True,
+    target: str = DEFAULT_TARGET,
 ) -> tuple[onnx.ModelProto, FusionReport | None]:
-    """The ONNX model of ``checkpoint``, fused unless ``fuse`` is false, with metadata."""
+    """The ONNX model of ``checkpoint``, fused for ``target`` unless ``fuse`` is false, with
+    metadata."""
     if opset < MIN_OPSET:
         raise UserError(f"opset {opset} is not supported: use {MIN_OPSET} or newer")
-    model = checkpoint.model()
-    proto = _torch_export(model, checkpoint, opset)
+    pre = checkpoint.preprocessing
+    example = torch.zeros(2, pre.channels, pre.height, pre.width)
+    proto = module_to_onnx(checkpoint.model(), example, opset, checkpoint.config.min_input_size)
     report = None
     if fuse:
-        proto, report = fuse_model(proto)
+        proto, report = fuse_model(proto, target)
     onnx.checker.check_model(proto, full_check=True)
-    pre = checkpoint.preprocessing
     metadata.write(
         proto,
         {
@@ -53,32 +58,31 @@ def export_checkpoint(
             "eps": repr(checkpoint.config.eps),
             "version": __version__,
             "checkpoint_sha256": checkpoint.sha256,
-            "fusion": fusion_summary(report),
+            "fusion": fusion_summary(report, target),
         },
     )
     proto.doc_string = f"SimpleLN_CNN exported by ln2d {__version__}"
     return proto, report
 
 
-def fusion_summary(report: FusionReport | None) -> dict:
+def fusion_summary(report: FusionReport | None, target: str) -> dict:
     if report is None:
         return {"fused": False}
     summary = report.to_dict()["summary"]
-    sites = [
-        {k: getattr(s, k) for k in ("name", "status", "style", "form", "output", "reason")}
-        for s in report.sites
-    ]
-    return {"fused": bool(report.fused), **summary, "sites": sites}
+    keys = ("name", "status", "style", "form", "why", "output", "reason")
+    sites = [{k: getattr(s, k) for k in keys} for s in report.sites]
+    return {"fused": bool(report.fused), "target": target, **summary, "sites": sites}
 
 
-def _torch_export(model: torch.nn.Module, checkpoint: Checkpoint, opset: int) -> onnx.ModelProto:
-    pre = checkpoint.preprocessing
-    example = torch.zeros(2, pre.channels, pre.height, pre.width)
-    lo = checkpoint.config.min_input_size
+def module_to_onnx(
+    module: torch.nn.Module, example: torch.Tensor, opset: int, min_size: int = 2
+) -> onnx.ModelProto:
+    """``module`` (NCHW in, one tensor out) as ONNX with dynamic batch, height and width
+    (each at least ``min_size``), decomposed: no fusion, no metadata."""
     dims = {
         0: torch.export.Dim("batch", min=1),
-        2: torch.export.Dim("height", min=lo),
-        3: torch.export.Dim("width", min=lo),
+        2: torch.export.Dim("height", min=min_size),
+        3: torch.export.Dim("width", min=min_size),
     }
     # The exporter prints progress and warnings to stdout / logging: keep the CLI output clean.
     quiet = io.StringIO()
@@ -86,13 +90,13 @@ def _torch_export(model: torch.nn.Module, checkpoint: Checkpoint, opset: int) ->
     try:
         with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
             program = torch.onnx.export(
-                model,
+                module,
                 (example,),
                 dynamo=True,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes={"x": dims},
+                dynamic_shapes=(dims,),
                 verbose=False,
             )
     except Exception as exc:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from export import metadata
 from export.onnx_export import INPUT_NAME
 from export.onnx_io import load_model
 from ln2d.checkpoint import Checkpoint
@@ -181,15 +182,27 @@ def _compare(name, provider, actual, expected, atol, rtol) -> Comparison:
     )
 
 
+def _site_outputs(model: onnx.ModelProto) -> list[str]:
+    """Each fused site's output value: from the export's ``ln2d.fusion`` metadata, which
+    names them for every form, else by fusing again (fused sites show as already fused)."""
+    from export.fusion import fuse_model
+
+    props = {p.key: p.value for p in model.metadata_props}
+    summary = json.loads(props.get(metadata.PREFIX + "fusion", "{}"))
+    recorded = [s["output"] for s in summary.get("sites", []) if s["status"] != "rejected"]
+    if recorded:
+        return recorded
+    _, report = fuse_model(model)
+    return [s.output for s in report.fused]
+
+
 def bisect(checkpoint, model, provider, x, atol, rtol) -> dict:
     """Expose each LayerNorm2d site's output in the graph; compare with the module's output."""
     import torch
 
-    from export.fusion import fuse_model
     from ln2d.layers import LayerNorm2d
 
-    _, report = fuse_model(model)  # finds the sites (fused ones as already_fused)
-    outputs = [s.output for s in report.fused]
+    outputs = _site_outputs(model)
     torch_model = checkpoint.model()
     norms = [m for m in torch_model.modules() if isinstance(m, LayerNorm2d)]
     if len(norms) != len(outputs):

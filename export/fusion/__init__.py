@@ -14,18 +14,20 @@ from onnxscript.rewriter import pattern
 
 from export.fusion.canonicalize import canonical_rules
 from export.fusion.diagnose import rejected_sites
-from export.fusion.forms import DEFAULT_FORM
-from export.fusion.lowering import FormChoice, lowering_rules
+from export.fusion.forms import centrable
+from export.fusion.lowering import lowering_rules
 from export.fusion.patterns import DOMAIN, PLACEHOLDER, affine_rules, matching_rules
 from export.fusion.report import FusionReport, Site, op_histogram
+from export.fusion.targets import DEFAULT_TARGET, FormChoice, chooser
 
 __all__ = ["FusionReport", "Site", "fuse_model"]
 
 
 def fuse_model(
-    model: onnx.ModelProto, choose: FormChoice | None = None
+    model: onnx.ModelProto, choose: FormChoice | str = DEFAULT_TARGET
 ) -> tuple[onnx.ModelProto, FusionReport]:
-    """Return the fused model and the report. ``choose`` maps a site name to a form name."""
+    """Return the fused model and the report. ``choose`` is a target name (``TARGETS``) or a
+    function from a site to its form and the reason for it."""
     report = FusionReport(ops_before=op_histogram(model))
     graph = ir.serde.deserialize_model(model)
     _reinfer_shapes(graph)
@@ -44,9 +46,10 @@ def fuse_model(
     if not report.fused:
         report.ops_after = report.ops_before
         return model, report
-    forms = {s.name: (choose or (lambda _: DEFAULT_FORM))(s.name) for s in report.fused}
+    choose = chooser(choose) if isinstance(choose, str) else choose
     for site in report.fused:
-        site.form = forms[site.name]
+        site.form, site.why = choose(site)
+    forms = {site.name: site.form for site in report.fused}
     _to_fixpoint(lowering_rules(forms.__getitem__), graph)
     for cleanup in (
         passes.RemoveUnusedNodesPass(),
@@ -102,6 +105,7 @@ def _name_sites(model: ir.Model) -> list[Site]:
                 affine=affine,
                 anchor=x.name,
                 output=node.outputs[0].name,
+                centrable=centrable(x),
             )
         )
     return sites

@@ -1,25 +1,151 @@
 """Fused forms: standard-ONNX subgraphs that compute a LayerNorm2d, one function per form.
 
-Each form takes the builder, the NCHW input, a per-channel scale, an optional bias and epsilon,
-and returns the NCHW output, using only standard ONNX ops so any runtime can run the result.
+Each form takes the builder, the NCHW input, a per-channel scale (C,), an optional bias (C,) and
+epsilon, and returns the NCHW output, using only standard ONNX ops so any runtime can run the
+result. They differ in how fast a given runtime runs them (see ``ln2d bench``), not in what
+they compute: statistics are always fp32 and the variance is always two-pass, E[(x - mean)^2].
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
+import numpy as np
 import onnx_ir as ir
 
+from export.fusion.patterns import new_initializer
+
 Form = Callable[..., ir.Value]
+_LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 def transpose_layernorm(op, x, scale, bias, epsilon: float) -> ir.Value:
-    """Transpose to NHWC, LayerNormalization over the last axis (fp32 statistics), back."""
+    """Transpose to NHWC, LayerNormalization over the last axis (fp32 statistics), back.
+
+    One fused kernel wherever LayerNormalization has one (every GPU runtime); on CPU the two
+    transposes cost more than the norm itself once tensors leave the cache."""
     nhwc = op.Transpose(x, perm=[0, 2, 3, 1])
     inputs = [nhwc, scale] + ([bias] if bias is not None else [])
     y = op.LayerNormalization(*inputs, axis=-1, epsilon=epsilon, stash_type=1)
     return op.Transpose(y, perm=[0, 3, 1, 2])
 
 
-FORMS: dict[str, Form] = {"transpose_layernorm": transpose_layernorm}
+def channel_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
+    """NCHW viewed as (N, C, H*W), both means over C as a (1, C) @ (C, H*W) MatMul, one
+    reciprocal square root per pixel, and the per-channel affine as one BatchNormalization:
+
+        d = x - mean_c(x);  y = d / sqrt(mean_c(d * d) + eps) * weight + bias
+
+    No transposes. MatMul, not ReduceMean over axis 1: ONNX Runtime runs that middle-axis
+    reduction on one thread at batch 1 (10x slower there); Mul, not Pow or Div."""
+    return _in_fp32(op, x, scale, bias, partial(_flat_moments, op, epsilon=epsilon))
+
+
+def conv_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
+    """As ``channel_moments`` in 4-D, with both means over C as 1x1 convolutions of weight
+    1/C. ONNX Runtime's CPU provider pays for NCHWc reorders around each of them."""
+    return _in_fp32(op, x, scale, bias, partial(_moments, op, epsilon=epsilon, mean_c=_conv))
+
+
+def centred_conv(op, x, scale, bias, epsilon: float) -> ir.Value:
+    """For x = Conv(input, W, b) that feeds only this norm (``centrable``): the channel mean of
+    a convolution is the convolution with the channel mean of its weights, so
+
+        x - mean_c(x) = Conv(input, W - mean_c(W), b - mean_c(b))
+
+    and the centred values come out of the Conv itself: no mean, no subtraction."""
+    conv = x.producer()
+    weight = conv.inputs[1].const_value.numpy().astype(np.float64)
+    has_bias = len(conv.inputs) > 2 and conv.inputs[2] is not None
+    bias_in = conv.inputs[2].const_value.numpy() if has_bias else np.zeros(weight.shape[0])
+    centred = op.Conv(
+        conv.inputs[0],
+        new_initializer(op, (weight - weight.mean(0, keepdims=True)).astype(np.float32), "w"),
+        new_initializer(op, (bias_in - bias_in.mean(dtype=np.float64)).astype(np.float32), "b"),
+        **{name: attr.value for name, attr in conv.attributes.items()},
+    )
+    # A 1x1 convolution for the variance too: it stays in ONNX Runtime's NCHWc layout next to
+    # the centred Conv (measured faster than a MatMul here, which needs reshapes around it).
+    return _normalise(op, centred, x.shape[1], scale, bias, epsilon, _conv)
+
+
+def centrable(x: ir.Value) -> bool:
+    """x is an fp32 Conv output with constant weights, one group, and no other consumer."""
+    conv = x.producer()
+    if conv is None or (conv.domain, conv.op_type) not in {("", "Conv"), ("ai.onnx", "Conv")}:
+        return False
+    group = conv.attributes.get("group")
+    return (
+        x.dtype == ir.DataType.FLOAT
+        and (group is None or group.value == 1)
+        and all(v.const_value is not None for v in conv.inputs[1:] if v is not None)
+        and len(x.uses()) == 1
+        and not x.is_graph_output()
+    )
+
+
+def _flat_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
+    channels = x.shape[1]
+    flat = _flatten(op, x, channels)
+    centred = op.Sub(flat, _matmul(op, flat, channels))
+    y = _normalise(op, centred, channels, scale, bias, epsilon, _matmul)
+    return op.Reshape(y, op.Shape(x))
+
+
+def _moments(op, x, scale, bias, epsilon: float, mean_c) -> ir.Value:
+    channels = x.shape[1]
+    centred = op.Sub(x, mean_c(op, x, channels))
+    return _normalise(op, centred, channels, scale, bias, epsilon, mean_c)
+
+
+def _normalise(op, centred, channels: int, scale, bias, epsilon: float, mean_c) -> ir.Value:
+    """centred / sqrt(mean_c(centred^2) + eps) * scale + bias, for (N, C, ...) centred."""
+    variance = mean_c(op, op.Mul(centred, centred), channels)
+    eps = new_initializer(op, np.array(epsilon, np.float32), "eps")
+    normalised = op.Mul(centred, op.Reciprocal(op.Sqrt(op.Add(variance, eps))))
+    zeros = np.zeros(channels, np.float32)
+    # BatchNormalization with mean 0, variance 1 and epsilon 0 is exactly y * scale + bias,
+    # in one pass over the tensor instead of two.
+    return op.BatchNormalization(
+        normalised,
+        scale,
+        bias if bias is not None else new_initializer(op, zeros, "bias"),
+        new_initializer(op, zeros, "mean"),
+        new_initializer(op, np.ones(channels, np.float32), "var"),
+        epsilon=0.0,
+    )
+
+
+def _flatten(op, x, channels: int) -> ir.Value:
+    """(N, C, H, W) -> (N, C, H*W), a view of the same buffer."""
+    return op.Reshape(x, new_initializer(op, np.array([0, channels, -1], np.int64), "shape"))
+
+
+def _matmul(op, flat, channels: int) -> ir.Value:
+    """mean over C of (N, C, L) as (1, C) @ (C, L) -> (N, 1, L)."""
+    ones = np.full((1, channels), 1 / channels, np.float32)
+    return op.MatMul(new_initializer(op, ones, "mean_weight"), flat)
+
+
+def _conv(op, x, channels: int) -> ir.Value:
+    """mean over C of (N, C, H, W) as a 1x1 convolution -> (N, 1, H, W)."""
+    weight = np.full((1, channels, 1, 1), 1 / channels, np.float32)
+    return op.Conv(x, new_initializer(op, weight, "mean_weight"))
+
+
+def _in_fp32(op, x, scale, bias, body) -> ir.Value:
+    """Run ``body`` on fp32 copies of fp16/bf16 inputs and cast the result back."""
+    if x.dtype not in _LOW_PRECISION:
+        return body(x, scale, bias)
+    to_fp32 = [op.Cast(v, to=ir.DataType.FLOAT) if v is not None else None for v in (scale, bias)]
+    return op.Cast(body(op.Cast(x, to=ir.DataType.FLOAT), *to_fp32), to=x.dtype)
+
+
+FORMS: dict[str, Form] = {
+    "transpose_layernorm": transpose_layernorm,
+    "channel_moments": channel_moments,
+    "conv_moments": conv_moments,
+    "centred_conv": centred_conv,  # only where ``centrable``
+}
 DEFAULT_FORM = "transpose_layernorm"

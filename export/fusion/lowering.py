@@ -10,11 +10,11 @@ from onnxscript.rewriter import pattern
 from export.fusion.forms import FORMS
 from export.fusion.patterns import DOMAIN, new_initializer
 
-FormChoice = Callable[[str], str]  # site name -> form name
+FormByName = Callable[[str], str]  # site name -> form name
 
 
 class Lower(pattern.RewriteRuleClassBase):
-    def __init__(self, choose: FormChoice) -> None:
+    def __init__(self, choose: FormByName) -> None:
         super().__init__()
         self._choose = choose
 
@@ -39,5 +39,5 @@ class Lower(pattern.RewriteRuleClassBase):
         return form(op, x, scale, bias, node.attributes["epsilon"].as_float())
 
 
-def lowering_rules(choose: FormChoice) -> pattern.RewriteRuleSet:
+def lowering_rules(choose: FormByName) -> pattern.RewriteRuleSet:
     return pattern.RewriteRuleSet([Lower.rule(choose)])

@@ -18,6 +18,8 @@ class Site:
     style: str | None = None
     affine: str | None = None  # "weight+bias" | "weight" | "none"
     form: str | None = None
+    why: str | None = None  # why this form: the target's rule that picked it
+    centrable: bool = False  # input is a Conv output the centred_conv form can fold into
     reason: str | None = None
     anchor: str | None = None  # the site's input value (fused) or its mean node (rejected)
     output: str | None = None  # the site's output value: same name before and after fusion
@@ -71,6 +73,7 @@ class FusionReport:
                 s.reason
                 if s.status == "rejected"
                 else f"C={s.channels} eps={s.epsilon:g} {s.style} affine={s.affine} -> {s.form}"
+                + (f" ({s.why})" if s.why else "")
             )
             lines.append(f"  {s.name:<14} {s.status:<14} {detail}")
         return "\n".join(lines)
