@@ -9,11 +9,12 @@ import onnx
 import pytest
 
 from tests.conftest import run_cli
-from tests.onnx_helpers import initializers, layernorm_nodes
+from tests.onnx_helpers import initializers, layernorm_nodes, run
 
 
 @pytest.fixture(scope="module")
 def exported(digits_checkpoint, tmp_path_factory):
+    """The default export (``--target cpu``) and its fusion report."""
     out = tmp_path_factory.mktemp("onnx")
     model, report = out / "model.onnx", out / "fuse.json"
     result = run_cli("export", str(digits_checkpoint), "-o", str(model), "--report", str(report))
@@ -21,24 +22,51 @@ def exported(digits_checkpoint, tmp_path_factory):
     return model, report
 
 
+@pytest.fixture(scope="module")
+def portable(digits_checkpoint, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "portable.onnx"
+    result = run_cli("export", str(digits_checkpoint), "-o", str(path), "--target", "portable")
+    assert result.returncode == 0, result.stderr
+    return path
+
+
 def test_export_writes_fused_model_with_metadata(exported, digits_checkpoint):
     path, report_path = exported
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
-    assert len(layernorm_nodes(model)) == 3
-    assert not any(n.op_type == "ReduceMean" and n.input for n in model.graph.node[:5])
+    ops = {n.op_type for n in model.graph.node}
+    assert "Div" not in ops and "Pow" not in ops and "LayerNormalization" not in ops
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["ln2d.labels"]) == [str(i) for i in range(10)]
     pre = json.loads(meta["ln2d.input"])
     assert (pre["channels"], pre["height"], pre["width"]) == (1, 16, 16)
     assert meta["ln2d.eps"] == "1e-06"
-    assert json.loads(meta["ln2d.fusion"])["fused"] == 3
+    fusion = json.loads(meta["ln2d.fusion"])
+    assert fusion["fused"] == 3 and fusion["target"] == "cpu"
+    # Each site's input is a Conv that feeds only the norm: its mean folds into the Conv.
+    assert [s["form"] for s in fusion["sites"]] == ["centred_conv"] * 3
+    assert all(s["why"].startswith("cpu: input is a Conv output") for s in fusion["sites"])
     assert len(meta["ln2d.checkpoint_sha256"]) == 64
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims][1] == 1
     assert all(d.dim_param for i, d in enumerate(dims) if i != 1)  # dynamic N, H, W
     report = json.loads(report_path.read_text())
     assert report["summary"]["fused"] == 3 and len(report["sites"]) == 3
+    assert all(site["centrable"] and site["form"] == "centred_conv" for site in report["sites"])
+
+
+def test_portable_target_is_one_layernormalization_per_site(portable):
+    model = onnx.load(str(portable))
+    assert len(layernorm_nodes(model)) == 3
+    assert json.loads({p.key: p.value for p in model.metadata_props}["ln2d.fusion"])["target"] == (
+        "portable"
+    )
+
+
+def test_cpu_and_portable_targets_compute_the_same_logits(exported, portable):
+    x = np.random.default_rng(0).standard_normal((5, 1, 16, 16), dtype=np.float32)
+    cpu, reference = (run(onnx.load(str(path)), x) for path in (exported[0], portable))
+    np.testing.assert_allclose(cpu, reference, atol=1e-5)
 
 
 def test_parity_passes_and_reports(exported, digits_checkpoint, tmp_path):
@@ -67,14 +95,18 @@ def test_parity_requested_cuda_never_passes_silently(exported, digits_checkpoint
     assert "skipped: no CUDAExecutionProvider" in result.stdout and "FAIL" in result.stdout
 
 
+@pytest.mark.parametrize("target", ["cpu", "portable"])
 def test_parity_fails_on_broken_model_and_bisect_names_the_site(
-    exported, digits_checkpoint, tmp_path
+    exported, portable, digits_checkpoint, tmp_path, target
 ):
-    path, _ = exported
-    model = onnx.load(str(path))
-    second = layernorm_nodes(model)[1]
+    model = onnx.load(str(exported[0] if target == "cpu" else portable))
+    sites = json.loads({p.key: p.value for p in model.metadata_props}["ln2d.fusion"])["sites"]
+    # The node that writes site 1's output: LayerNormalization's is one Transpose further.
+    (writer,) = [n for n in model.graph.node if sites[1]["output"] in n.output]
+    if target == "portable":
+        writer = layernorm_nodes(model)[1]
     for init in model.graph.initializer:
-        if init.name == second.input[1]:  # scale of LayerNorm2d site 1
+        if init.name == writer.input[1]:  # scale of LayerNorm2d site 1
             broken = initializers(model)[init.name] * 1.5
             init.CopyFrom(onnx.numpy_helper.from_array(broken.astype(np.float32), init.name))
     bad = tmp_path / "broken.onnx"
@@ -92,7 +124,7 @@ def test_fuse_cli_on_unfused_export(digits_checkpoint, tmp_path):
     assert run_cli("export", str(digits_checkpoint), "-o", str(plain), "--no-fuse").returncode == 0
     assert not layernorm_nodes(onnx.load(str(plain)))
     fused = tmp_path / "fused.onnx"
-    result = run_cli("fuse", str(plain), "-o", str(fused))
+    result = run_cli("fuse", str(plain), "-o", str(fused), "--target", "portable")
     assert result.returncode == 0, result.stderr
     assert "3 fused" in result.stdout
     assert len(layernorm_nodes(onnx.load(str(fused)))) == 3

@@ -1,0 +1,49 @@
+"""``ln2d bench`` runs for real on a tiny grid: every variant is timed, the table and the JSON
+agree, and the variant each target picks is named. (Speed itself is the benchmark's business.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.mark.slow
+def test_bench_times_every_variant_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli(
+        "bench", "--model", "ln2d,simple", "--batch", "2", "--channels", "8", "--spatial", "8",
+        "--seconds", "0.02", "--json", str(out), "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    by_network = {p["network"]: p for p in report["results"]}
+    assert set(by_network) == {"ln2d", "simple"}
+    ln2d, simple = by_network["ln2d"], by_network["simple"]
+    assert ln2d["shape"] == [2, 8, 8, 8] and simple["shape"] == [2, 3, 8, 8]
+    for variant in ("decomposed", "no-norm", "transpose_layernorm", "channel_moments", "eager"):
+        assert ln2d["median_ms"][variant] > 0 and simple["median_ms"][variant] > 0
+    assert "copy" in ln2d["gb_per_s"] and "centred_conv" in simple["median_ms"]
+    assert simple["targets"] == {
+        "cpu": "centred_conv",
+        "cuda": "transpose_layernorm",
+        "portable": "transpose_layernorm",
+    }
+    assert ln2d["targets"]["cpu"] == "channel_moments"  # a bare norm has no Conv to fold into
+    assert "### simple on cpu" in result.stdout and "### Summary (cpu target)" in result.stdout
+    assert "cuda: skipped, provider not available" in result.stdout or "on cuda" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "resnet"], "unknown model or provider: resnet"),
+        (["--batch", "0"], "must be positive"),
+    ],
+)
+def test_bench_bad_flags(args, message):
+    result = run_cli("bench", *args, "--no-progress")
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
