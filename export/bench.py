@@ -54,10 +54,11 @@ def run(options: BenchOptions) -> dict:
     providers = [p for p in options.providers if PROVIDERS[p] in available]
     skipped = {p: "provider not available" for p in options.providers if p not in providers}
     torch.set_num_threads(options.threads)
-    points = list(_grid(options))
+    points, networks = list(_grid(options)), list(_networks(options))
     results = []
-    bar = tqdm(total=len(points) * len(providers), desc="bench", disable=not options.progress)
-    for network, channels in _networks(options):
+    total = len(networks) * len(providers) * len(points)
+    bar = tqdm(total=total, desc="bench", disable=not options.progress)
+    for network, channels in networks:
         graphs, targets = _graphs(network, channels)
         module = build(network, channels)
         for provider in providers:

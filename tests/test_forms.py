@@ -13,6 +13,7 @@ from export.fusion import fuse_model
 from export.fusion.forms import FORMS
 from export.fusion.targets import TARGETS
 from ln2d import LayerNorm2d
+from tests import norm_styles
 from tests.onnx_helpers import export, run
 
 C = 12
@@ -116,6 +117,19 @@ def test_fp16_keeps_fp32_statistics(form):
     x = (torch.randn(2, C, 6, 6) * 3 + 5).half()
     model = export(module, x, "torchscript", 18)
     fused, report = fuse_model(model, lambda site: (form, "test"))
+    assert report.fused[0].form == form
+    got = run(fused, x.numpy())
+    assert got.dtype == np.float16
+    reference = module.float()(x.float()).detach().numpy()
+    np.testing.assert_allclose(got.astype(np.float32), reference, atol=4e-3, rtol=4e-3)
+
+
+@pytest.mark.parametrize("form", GENERAL_FORMS)
+def test_a_pure_fp16_norm_gets_fp32_statistics(form):
+    # Written in fp16 throughout (no casts of its own): the form casts to fp32 and back.
+    module = norm_styles.Explicit(C, 1e-6, "index").half().eval()
+    x = (torch.randn(2, C, 6, 6) * 3 + 5).half()
+    fused, report = fuse_model(export(module, x, "torchscript", 18), lambda site: (form, "test"))
     assert report.fused[0].form == form
     got = run(fused, x.numpy())
     assert got.dtype == np.float16

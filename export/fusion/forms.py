@@ -39,13 +39,15 @@ def channel_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
 
     No transposes. MatMul, not ReduceMean over axis 1: ONNX Runtime runs that middle-axis
     reduction on one thread at batch 1 (10x slower there); Mul, not Pow or Div."""
-    return _in_fp32(op, x, scale, bias, partial(_flat_moments, op, epsilon=epsilon))
+    body = partial(_flat_moments, op, channels=x.shape[1], epsilon=epsilon)
+    return _in_fp32(op, x, scale, bias, body)
 
 
 def conv_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
     """As ``channel_moments`` in 4-D, with both means over C as 1x1 convolutions of weight
     1/C. ONNX Runtime's CPU provider pays for NCHWc reorders around each of them."""
-    return _in_fp32(op, x, scale, bias, partial(_moments, op, epsilon=epsilon, mean_c=_conv))
+    body = partial(_moments, op, channels=x.shape[1], epsilon=epsilon, mean_c=_conv)
+    return _in_fp32(op, x, scale, bias, body)
 
 
 def centred_conv(op, x, scale, bias, epsilon: float) -> ir.Value:
@@ -85,16 +87,15 @@ def centrable(x: ir.Value) -> bool:
     )
 
 
-def _flat_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
-    channels = x.shape[1]
+def _flat_moments(op, x, scale, bias, channels: int, epsilon: float) -> ir.Value:
     flat = _flatten(op, x, channels)
     centred = op.Sub(flat, _matmul(op, flat, channels))
     y = _normalise(op, centred, channels, scale, bias, epsilon, _matmul)
     return op.Reshape(y, op.Shape(x))
 
 
-def _moments(op, x, scale, bias, epsilon: float, mean_c) -> ir.Value:
-    channels = x.shape[1]
+def _moments(op, x, scale, bias, channels: int, epsilon: float, mean_c) -> ir.Value:
+    # channels is passed in: x may be a new Cast whose shape is not inferred yet.
     centred = op.Sub(x, mean_c(op, x, channels))
     return _normalise(op, centred, channels, scale, bias, epsilon, mean_c)
 
@@ -148,4 +149,3 @@ FORMS: dict[str, Form] = {
     "conv_moments": conv_moments,
     "centred_conv": centred_conv,  # only where ``centrable``
 }
-DEFAULT_FORM = "transpose_layernorm"
