@@ -23,12 +23,11 @@ from tqdm import tqdm
 from export.bench_models import NETWORKS, Network, build, without_norms
 from export.fusion import fuse_model
 from export.fusion.forms import FORMS
-from export.fusion.targets import TARGETS
+from export.fusion.targets import DEFAULT_TARGET, TARGETS
 from export.onnx_export import DEFAULT_OPSET, module_to_onnx
+from export.parity import PROVIDERS
 from ln2d.errors import UserError
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-BASELINES = ("decomposed", "no-norm")
+from serve.cpu_quota import available_cpus
 
 
 @dataclass(frozen=True)
@@ -102,15 +101,15 @@ def _graphs(network: Network, channels: int) -> tuple[list[tuple[str, onnx.Model
     decomposed = module_to_onnx(build(network, channels), example, DEFAULT_OPSET)
     bare = module_to_onnx(without_norms(build(network, channels)), example, DEFAULT_OPSET)
     graphs = [("decomposed", decomposed), ("no-norm", bare)]
-    _, probe = fuse_model(decomposed)
-    if not probe.fused:
+    by_target = {target: fuse_model(decomposed, target) for target in TARGETS}
+    sites = by_target[DEFAULT_TARGET][1].fused
+    if not sites:
         raise UserError(f"{network.name}: no LayerNorm2d site fused")
     for form in FORMS:
-        if form != "centred_conv" or all(site.centrable for site in probe.fused):
+        if form != "centred_conv" or all(site.centrable for site in sites):
             graphs.append((form, fuse_model(decomposed, lambda _, form=form: (form, "bench"))[0]))
     targets = {}
-    for target in TARGETS:
-        fused, report = fuse_model(decomposed, target)
+    for target, (fused, report) in by_target.items():
         forms = {site.form for site in report.fused}
         (form,) = forms if len(forms) == 1 else (f"target:{target}",)
         if form not in dict(graphs):
@@ -180,19 +179,13 @@ def _machine(threads: int) -> dict:
 
     return {
         "cpu": platform.processor() or platform.machine(),
-        "cores": _cores(),
+        "cores": available_cpus(),
         "threads": threads,
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def summary(report: dict) -> dict:

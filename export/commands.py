@@ -88,7 +88,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--spatial", type=int_list, default=(8, 28, 56), help="H = W")
     bench.add_argument("--seconds", type=float, default=0.5, help="time per variant and grid point")
-    bench.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
+    bench.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads (0 = the CPU quota's cores)"
+    )
     bench.add_argument("--json", type=Path, help="write the results as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.set_defaults(run=run_bench, extra="export,cpu")
@@ -144,7 +146,7 @@ def run_export(args: argparse.Namespace) -> int:
     if report is not None:
         print(report.table())
         _write(args.report, report.to_json())
-    print(f"wrote {args.output} (opset {args.opset or DEFAULT_OPSET})")
+    print(f"wrote {args.output} (opset {opset})")
     return 0
 
 
@@ -183,14 +185,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import os
-
     from export.bench import BenchOptions, run, table
     from export.bench_models import NETWORKS
+    from export.parity import PROVIDERS
+    from serve.cpu_quota import available_cpus
 
-    unknown = sorted(set(args.model) - set(NETWORKS)) + sorted(
-        set(args.providers) - {"cpu", "cuda"}
-    )
+    unknown = sorted(set(args.model) - set(NETWORKS)) + sorted(set(args.providers) - set(PROVIDERS))
     if unknown:
         raise UserError(f"unknown model or provider: {', '.join(unknown)}")
     if min(args.batch + args.channels + args.spatial) < 1 or args.seconds <= 0:
@@ -202,7 +202,7 @@ def run_bench(args: argparse.Namespace) -> int:
         args.channels,
         args.spatial,
         args.seconds,
-        args.threads or len(os.sched_getaffinity(0)),
+        args.threads or available_cpus(),
         progress=not args.no_progress,
     )
     report = run(options)
