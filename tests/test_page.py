@@ -79,7 +79,7 @@ class Page:
             ),
         )
         self.tab.goto(url + "/")
-        self.tab.wait_for_function("document.getElementById('model-info').textContent")
+        self.tab.wait_for_function("() => document.getElementById('model-info').textContent")
 
     def _console(self, message) -> None:
         # Chromium logs every 4xx/5xx answer as a console error; those are served answers the
@@ -270,7 +270,7 @@ def test_too_large_images_show_the_limit(browser, limited_server):
         assert len(heavy) > 4096
         page.upload("noise.png", heavy)
         page.tab.wait_for_function(
-            "document.getElementById('error').textContent.includes('the limit is 4096')"
+            "() => document.getElementById('error').textContent.includes('the limit is 4096')"
         )
         assert page.error().startswith("That image is too large for this server:")
     finally:
@@ -299,7 +299,7 @@ def test_busy_server_shows_try_again(browser, digits_onnx):
         for _ in range(10):  # bounded: each try meets a full queue almost surely
             page.upload("digit.png", digit_png(0)[0])
             page.tab.wait_for_function(
-                "!document.getElementById('error').hidden || "
+                "() => !document.getElementById('error').hidden || "
                 "document.querySelector('#predictions li')"
             )
             if page.tab.locator("#error").is_visible():
@@ -325,7 +325,7 @@ def test_auth_the_page_asks_for_the_token_and_then_works(browser, digits_onnx):
         page.tab.keyboard.type("s3cret")
         page.tab.keyboard.press("Enter")
         page.tab.wait_for_function(
-            "document.getElementById('model-info').textContent.startsWith('Model ')"
+            "() => document.getElementById('model-info').textContent.startsWith('Model ')"
         )
         data, label = digit_png(6)
         page.upload("digit.png", data)
