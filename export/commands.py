@@ -18,6 +18,18 @@ TARGET_HELP = (
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    for add in (
+        _add_export,
+        _add_fuse,
+        _add_parity,
+        _add_bench,
+        _add_triton_repo,
+        _add_bench_serve,
+    ):
+        add(commands)
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
         "export",
         help="export a checkpoint to ONNX with every LayerNorm2d fused",
@@ -32,6 +44,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--report", type=Path, help="write the fusion report as JSON")
     export.set_defaults(run=run_export, extra="export,cpu")
 
+
+def run_export(args: argparse.Namespace) -> int:
+    from export.onnx_export import DEFAULT_OPSET, export_checkpoint
+    from export.onnx_io import save_model
+
+    checkpoint = load_from_args(args)
+    opset = args.opset or DEFAULT_OPSET
+    proto, report = export_checkpoint(checkpoint, opset, not args.no_fuse, args.target)
+    save_model(proto, args.output)
+    if report is not None:
+        print(report.table())
+        _write(args.report, report.to_json())
+    print(f"wrote {args.output} (opset {opset})")
+    return 0
+
+
+def _add_fuse(commands: argparse._SubParsersAction) -> None:
     fuse = commands.add_parser(
         "fuse",
         help="fuse every per-pixel channel LayerNorm in any ONNX model",
@@ -44,6 +73,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     fuse.add_argument("--report", type=Path, help="write the fusion report as JSON")
     fuse.set_defaults(run=run_fuse, extra="export,cpu")
 
+
+def run_fuse(args: argparse.Namespace) -> int:
+    from export.fusion import fuse_model
+    from export.onnx_io import load_model, save_model
+
+    model = load_model(args.input)
+    fused, report = fuse_model(model, args.target)
+    save_model(fused, args.output)
+    print(report.table())
+    _write(args.report, report.to_json())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _add_parity(commands: argparse._SubParsersAction) -> None:
     parity = commands.add_parser(
         "parity",
         help="compare PyTorch against ONNX Runtime (CPU, CUDA) and fused against unfused",
@@ -67,6 +111,25 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parity.set_defaults(run=run_parity, extra="export,cpu")
 
+
+def run_parity(args: argparse.Namespace) -> int:
+    from export.parity import ParityOptions, run_parity_checks
+
+    checkpoint = load_from_args(args)
+    options = ParityOptions(
+        providers=args.providers,
+        data=args.data,
+        atol=args.atol,
+        rtol=args.rtol,
+        bisect=args.bisect,
+    )
+    report = run_parity_checks(checkpoint, args.model, options)
+    print(report.table())
+    _write(args.json, report.to_json())
+    return 0 if report.passed else 1
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
         "bench",
         help="time every fused LayerNorm2d form against the decomposed graph, per provider",
@@ -94,94 +157,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--json", type=Path, help="write the results as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.set_defaults(run=run_bench, extra="export,cpu")
-
-    triton = commands.add_parser(
-        "triton-repo",
-        help="write a Triton Inference Server model repository for an exported model",
-        description="Write DIR/<name>/config.pbtxt (onnxruntime_onnx, dynamic batching with a "
-        "bounded queue, dims from the model, label_filename), DIR/<name>/labels.txt and "
-        "DIR/<name>/1/model.onnx. <name> is the model's ln2d.name metadata unless --name.",
-    )
-    triton.add_argument("model", type=Path, metavar="MODEL.onnx")
-    triton.add_argument("repository", type=Path, metavar="DIR")
-    triton.add_argument("--name", help="Triton model name (default: the model's ln2d.name)")
-    # Defaults (None here) come from triton_repo.Batching: the same as ln2d serve's.
-    triton.add_argument("--max-batch", type=int, help="max_batch_size (default: 32)")
-    triton.add_argument(
-        "--max-delay-ms", type=float, help="dynamic batcher's wait for more requests (default: 2)"
-    )
-    triton.add_argument(
-        "--max-queue", type=int, help="requests waiting before Triton rejects (default: 64)"
-    )
-    triton.add_argument("--timeout-s", type=float, help="queue timeout per request (default: 10)")
-    triton.set_defaults(run=run_triton_repo, extra="export")
-
-    bench_serve = commands.add_parser(
-        "bench-serve",
-        help="load-test a real ln2d serve process beside raw ONNX Runtime",
-        description="Start ln2d serve for MODEL.onnx on a free loopback port and measure "
-        "/v1/classify (224x224 PNG photo) and v2 binary infer at each concurrency, an overload "
-        "run, and memory over a soak run. Prints a markdown table; --json writes everything.",
-    )
-    bench_serve.add_argument("model", type=Path, metavar="MODEL.onnx")
-    bench_serve.add_argument("--concurrency", type=int_list, default=(1, 8, 32), help="e.g. 1,8,32")
-    bench_serve.add_argument("--seconds", type=float, default=5.0, help="per measurement")
-    bench_serve.add_argument("--overload", type=int, default=256, help="overload concurrency")
-    bench_serve.add_argument("--soak", type=int, default=10_000, help="soak run requests")
-    bench_serve.add_argument(
-        "--server-args", default="", help="extra ln2d serve flags, e.g. '--max-batch 16'"
-    )
-    bench_serve.add_argument("--json", type=Path, help="write the results as JSON")
-    bench_serve.set_defaults(run=run_bench_serve, extra="export,serve,cpu")
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from export.onnx_export import DEFAULT_OPSET, export_checkpoint
-    from export.onnx_io import save_model
-
-    checkpoint = load_from_args(args)
-    opset = args.opset or DEFAULT_OPSET
-    proto, report = export_checkpoint(checkpoint, opset, not args.no_fuse, args.target)
-    save_model(proto, args.output)
-    if report is not None:
-        print(report.table())
-        _write(args.report, report.to_json())
-    print(f"wrote {args.output} (opset {opset})")
-    return 0
-
-
-def run_fuse(args: argparse.Namespace) -> int:
-    from export.fusion import fuse_model
-    from export.onnx_io import load_model, save_model
-
-    model = load_model(args.input)
-    fused, report = fuse_model(model, args.target)
-    save_model(fused, args.output)
-    print(report.table())
-    _write(args.report, report.to_json())
-    print(f"wrote {args.output}")
-    return 0
-
-
-def run_parity(args: argparse.Namespace) -> int:
-    from export.parity import ParityOptions, run_parity_checks
-
-    checkpoint = load_from_args(args)
-    options = ParityOptions(
-        providers=args.providers,
-        data=args.data,
-        atol=args.atol,
-        rtol=args.rtol,
-        bisect=args.bisect,
-    )
-    report = run_parity_checks(checkpoint, args.model, options)
-    print(report.table())
-    _write(args.json, report.to_json())
-    return 0 if report.passed else 1
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -211,6 +186,29 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_triton_repo(commands: argparse._SubParsersAction) -> None:
+    triton = commands.add_parser(
+        "triton-repo",
+        help="write a Triton Inference Server model repository for an exported model",
+        description="Write DIR/<name>/config.pbtxt (onnxruntime_onnx, dynamic batching with a "
+        "bounded queue, dims from the model, label_filename), DIR/<name>/labels.txt and "
+        "DIR/<name>/1/model.onnx. <name> is the model's ln2d.name metadata unless --name.",
+    )
+    triton.add_argument("model", type=Path, metavar="MODEL.onnx")
+    triton.add_argument("repository", type=Path, metavar="DIR")
+    triton.add_argument("--name", help="Triton model name (default: the model's ln2d.name)")
+    # Defaults (None here) come from triton_repo.Batching: the same as ln2d serve's.
+    triton.add_argument("--max-batch", type=int, help="max_batch_size (default: 32)")
+    triton.add_argument(
+        "--max-delay-ms", type=float, help="dynamic batcher's wait for more requests (default: 2)"
+    )
+    triton.add_argument(
+        "--max-queue", type=int, help="requests waiting before Triton rejects (default: 64)"
+    )
+    triton.add_argument("--timeout-s", type=float, help="queue timeout per request (default: 10)")
+    triton.set_defaults(run=run_triton_repo, extra="export")
+
+
 def run_triton_repo(args: argparse.Namespace) -> int:
     from export.triton_repo import Batching, write_repository
 
@@ -224,10 +222,24 @@ def run_triton_repo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(path: Path | None, text: str) -> None:
-    if path is not None:
-        with writing(path):
-            path.write_text(text)
+def _add_bench_serve(commands: argparse._SubParsersAction) -> None:
+    bench_serve = commands.add_parser(
+        "bench-serve",
+        help="load-test a real ln2d serve process beside raw ONNX Runtime",
+        description="Start ln2d serve for MODEL.onnx on a free loopback port and measure "
+        "/v1/classify (224x224 PNG photo) and v2 binary infer at each concurrency, an overload "
+        "run, and memory over a soak run. Prints a markdown table; --json writes everything.",
+    )
+    bench_serve.add_argument("model", type=Path, metavar="MODEL.onnx")
+    bench_serve.add_argument("--concurrency", type=int_list, default=(1, 8, 32), help="e.g. 1,8,32")
+    bench_serve.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    bench_serve.add_argument("--overload", type=int, default=256, help="overload concurrency")
+    bench_serve.add_argument("--soak", type=int, default=10_000, help="soak run requests")
+    bench_serve.add_argument(
+        "--server-args", default="", help="extra ln2d serve flags, e.g. '--max-batch 16'"
+    )
+    bench_serve.add_argument("--json", type=Path, help="write the results as JSON")
+    bench_serve.set_defaults(run=run_bench_serve, extra="export,serve,cpu")
 
 
 def run_bench_serve(args: argparse.Namespace) -> int:
@@ -249,3 +261,13 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     print(table(report))
     _write(args.json, json.dumps(report, indent=2))
     return 0
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _write(path: Path | None, text: str) -> None:
+    if path is not None:
+        with writing(path):
+            path.write_text(text)
