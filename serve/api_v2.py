@@ -47,9 +47,7 @@ def router(state: ServerState) -> APIRouter:
 
     async def model_ready(name: str, version: str | None = None) -> JSONResponse:
         state.check_model(name, version)
-        if state.ready:
-            return JSONResponse({"name": name, "ready": True})
-        return JSONResponse({"error": f"not ready: {state.not_ready}"}, 400)
+        return state.readiness(name=name)
 
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         state.check_model(name, version)

@@ -63,6 +63,14 @@ class ServerState:
         self.not_ready = reason
         self.metrics.ready.set(self.ready)
 
+    def readiness(self, **fields: object) -> JSONResponse:
+        """The v2 readiness answer. The protocol says not-ready is a 4xx; 400 is Triton's."""
+        if self.ready:
+            return JSONResponse({**fields, "ready": True})
+        return JSONResponse(
+            {**fields, "ready": False, "error": f"not ready: {self.not_ready}"}, 400
+        )
+
     def check_ready(self) -> None:
         reason = self.shed_reason()
         if reason is not None:

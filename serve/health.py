@@ -16,12 +16,9 @@ def router(state: ServerState) -> APIRouter:
     async def live() -> dict:
         return {"live": True}
 
-    # The protocol says not-ready is a 4xx; 400 is what Triton answers.
     @routes.get("/v2/health/ready", summary="200 once warmed up, 400 while warming or draining")
     async def ready() -> JSONResponse:
-        if state.ready:
-            return JSONResponse({"ready": True})
-        return JSONResponse({"ready": False, "error": f"not ready: {state.not_ready}"}, 400)
+        return state.readiness()
 
     @routes.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
