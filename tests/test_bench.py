@@ -31,7 +31,7 @@ def test_bench_times_every_variant_and_writes_json(tmp_path):
         "cuda": "transpose_layernorm",
         "portable": "transpose_layernorm",
     }
-    assert ln2d["targets"]["cpu"] == "channel_moments"  # a bare norm has no Conv to fold into
+    assert ln2d["targets"]["cpu"] == "reduce_moments"  # a bare norm has no Conv to fold into
     assert "### simple on cpu" in result.stdout and "### Summary (cpu target)" in result.stdout
     assert "cuda: skipped, provider not available" in result.stdout or "on cuda" in result.stdout
 

@@ -37,17 +37,24 @@ def channel_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
 
         d = x - mean_c(x);  y = d / sqrt(mean_c(d * d) + eps) * weight + bias
 
-    No transposes. MatMul, not ReduceMean over axis 1: ONNX Runtime runs that middle-axis
-    reduction on one thread at batch 1 (10x slower there); Mul, not Pow or Div."""
+    No transposes. The fastest form for a bare norm at batch 1, where ONNX Runtime runs a
+    ReduceMean over axis 1 on one thread; but at batch 8 and more its MatMuls can lose to
+    the decomposed graph, so no target picks it (``ln2d bench``)."""
     body = partial(_flat_moments, op, channels=x.shape[1], epsilon=epsilon)
     return _in_fp32(op, x, scale, bias, body)
+
+
+def reduce_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
+    """As ``channel_moments`` in 4-D, with both means over C as ReduceMean, the reduction the
+    decomposed graph has. Same reductions, fewer and cheaper passes (Mul for Pow and Div, one
+    reciprocal per pixel, the affine in one pass): never slower than the decomposed graph."""
+    return _in_fp32(op, x, scale, bias, _moments_with(op, x, epsilon, _reduce))
 
 
 def conv_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
     """As ``channel_moments`` in 4-D, with both means over C as 1x1 convolutions of weight
     1/C. ONNX Runtime's CPU provider pays for NCHWc reorders around each of them."""
-    body = partial(_moments, op, channels=x.shape[1], epsilon=epsilon, mean_c=_conv)
-    return _in_fp32(op, x, scale, bias, body)
+    return _in_fp32(op, x, scale, bias, _moments_with(op, x, epsilon, _conv))
 
 
 def centred_conv(op, x, scale, bias, epsilon: float) -> ir.Value:
@@ -94,10 +101,16 @@ def _flat_moments(op, x, scale, bias, channels: int, epsilon: float) -> ir.Value
     return op.Reshape(y, op.Shape(x))
 
 
-def _moments(op, x, scale, bias, channels: int, epsilon: float, mean_c) -> ir.Value:
-    # channels is passed in: x may be a new Cast whose shape is not inferred yet.
-    centred = op.Sub(x, mean_c(op, x, channels))
-    return _normalise(op, centred, channels, scale, bias, epsilon, mean_c)
+def _moments_with(op, x, epsilon: float, mean_c) -> Callable[..., ir.Value]:
+    """The 4-D form's body, given how it takes a mean over C."""
+    # channels is bound now: the body's x may be a new Cast whose shape is not inferred yet.
+    channels = x.shape[1]
+
+    def body(x, scale, bias) -> ir.Value:
+        centred = op.Sub(x, mean_c(op, x, channels))
+        return _normalise(op, centred, channels, scale, bias, epsilon, mean_c)
+
+    return body
 
 
 def _normalise(op, centred, channels: int, scale, bias, epsilon: float, mean_c) -> ir.Value:
@@ -129,6 +142,11 @@ def _matmul(op, flat, channels: int) -> ir.Value:
     return op.MatMul(new_initializer(op, ones, "mean_weight"), flat)
 
 
+def _reduce(op, x, channels: int) -> ir.Value:
+    """mean over C of (N, C, H, W) as ReduceMean -> (N, 1, H, W)."""
+    return op.ReduceMean(x, new_initializer(op, np.array([1], np.int64), "axes"), keepdims=1)
+
+
 def _conv(op, x, channels: int) -> ir.Value:
     """mean over C of (N, C, H, W) as a 1x1 convolution -> (N, 1, H, W)."""
     weight = np.full((1, channels, 1, 1), 1 / channels, np.float32)
@@ -146,6 +164,7 @@ def _in_fp32(op, x, scale, bias, body) -> ir.Value:
 FORMS: dict[str, Form] = {
     "transpose_layernorm": transpose_layernorm,
     "channel_moments": channel_moments,
+    "reduce_moments": reduce_moments,
     "conv_moments": conv_moments,
     "centred_conv": centred_conv,  # only where ``centrable``
 }

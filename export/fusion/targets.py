@@ -17,7 +17,7 @@ FormChoice = Callable[[Site], tuple[str, str]]  # site -> (form name, why)
 def _cpu(site: Site) -> tuple[str, str]:
     if site.centrable:
         return "centred_conv", "cpu: input is a Conv output, centred by its weights (no mean pass)"
-    return "channel_moments", "cpu: NCHW, no transposes; Mul for Pow and Div, affine in one pass"
+    return "reduce_moments", "cpu: decomposed's reductions, Mul for Pow and Div, affine in one pass"
 
 
 def _layernorm(target: str) -> FormChoice:
