@@ -47,14 +47,17 @@ def channel_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
 def reduce_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
     """As ``channel_moments`` in 4-D, with both means over C as ReduceMean, the reduction the
     decomposed graph has. Same reductions, fewer and cheaper passes (Mul for Pow and Div, one
-    reciprocal per pixel, the affine in one pass): never slower than the decomposed graph."""
-    return _in_fp32(op, x, scale, bias, _moments_with(op, x, epsilon, _reduce))
+    reciprocal per pixel, the affine in one pass): in ``ln2d bench``, never slower than the
+    decomposed graph beyond run-to-run noise."""
+    body = partial(_moments, op, channels=x.shape[1], epsilon=epsilon, mean_c=_reduce)
+    return _in_fp32(op, x, scale, bias, body)
 
 
 def conv_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
     """As ``channel_moments`` in 4-D, with both means over C as 1x1 convolutions of weight
     1/C. ONNX Runtime's CPU provider pays for NCHWc reorders around each of them."""
-    return _in_fp32(op, x, scale, bias, _moments_with(op, x, epsilon, _conv))
+    body = partial(_moments, op, channels=x.shape[1], epsilon=epsilon, mean_c=_conv)
+    return _in_fp32(op, x, scale, bias, body)
 
 
 def centred_conv(op, x, scale, bias, epsilon: float) -> ir.Value:
@@ -101,16 +104,10 @@ def _flat_moments(op, x, scale, bias, channels: int, epsilon: float) -> ir.Value
     return op.Reshape(y, op.Shape(x))
 
 
-def _moments_with(op, x, epsilon: float, mean_c) -> Callable[..., ir.Value]:
-    """The 4-D form's body, given how it takes a mean over C."""
-    # channels is bound now: the body's x may be a new Cast whose shape is not inferred yet.
-    channels = x.shape[1]
-
-    def body(x, scale, bias) -> ir.Value:
-        centred = op.Sub(x, mean_c(op, x, channels))
-        return _normalise(op, centred, channels, scale, bias, epsilon, mean_c)
-
-    return body
+def _moments(op, x, scale, bias, channels: int, epsilon: float, mean_c) -> ir.Value:
+    # channels is passed in: x may be a new Cast whose shape is not inferred yet.
+    centred = op.Sub(x, mean_c(op, x, channels))
+    return _normalise(op, centred, channels, scale, bias, epsilon, mean_c)
 
 
 def _normalise(op, centred, channels: int, scale, bias, epsilon: float, mean_c) -> ir.Value:
