@@ -34,3 +34,12 @@ def write(model: onnx.ModelProto, values: dict[str, object]) -> None:
     for key, value in values.items():
         text = value if isinstance(value, str) else json.dumps(value)
         model.metadata_props.add(key=PREFIX + key, value=text)
+
+
+def read(model: onnx.ModelProto) -> dict[str, str]:
+    """The ``ln2d.<key>`` entries, by key without the prefix; values as stored (strings)."""
+    return {
+        p.key.removeprefix(PREFIX): p.value
+        for p in model.metadata_props
+        if p.key.startswith(PREFIX)
+    }

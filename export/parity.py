@@ -168,11 +168,10 @@ def _compare(name, provider, actual, expected, atol, rtol) -> Comparison:
     scale = np.maximum(np.abs(expected), np.finfo(np.float32).tiny)
     a, e = actual.reshape(-1).astype(np.float64), expected.reshape(-1).astype(np.float64)
     cosine = float(a @ e / max(np.linalg.norm(a) * np.linalg.norm(e), 1e-30))
-    ok = bool(np.all(diff <= atol + rtol * np.abs(expected))) and np.isfinite(actual).all()
     return Comparison(
         name,
         provider,
-        "pass" if ok else "FAIL",
+        "pass" if _close(actual, expected, atol, rtol) else "FAIL",
         max_abs=float(diff.max()),
         max_rel=float((diff / scale).max()),
         mean_abs=float(diff.mean()),
@@ -182,13 +181,19 @@ def _compare(name, provider, actual, expected, atol, rtol) -> Comparison:
     )
 
 
+def _close(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> bool:
+    """numpy's allclose rule, |actual - expected| <= atol + rtol * |expected| in float64,
+    and every actual value finite."""
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    return bool(np.all(diff <= atol + rtol * np.abs(expected)) and np.isfinite(actual).all())
+
+
 def _site_outputs(model: onnx.ModelProto) -> list[str]:
     """Each fused site's output value: from the export's ``ln2d.fusion`` metadata, which
     names them for every form, else by fusing again (fused sites show as already fused)."""
     from export.fusion import fuse_model
 
-    props = {p.key: p.value for p in model.metadata_props}
-    summary = json.loads(props.get(metadata.PREFIX + "fusion", "{}"))
+    summary = json.loads(metadata.read(model).get("fusion", "{}"))
     recorded = [s["output"] for s in summary.get("sites", []) if s["status"] != "rejected"]
     if recorded:
         return recorded
@@ -225,7 +230,7 @@ def bisect(checkpoint, model, provider, x, atol, rtol) -> dict:
     sites = []
     for index, (name, got, want) in enumerate(zip(outputs, values, captured, strict=True)):
         err = float(np.abs(got.astype(np.float64) - want).max())
-        ok = bool(np.all(np.abs(got - want) <= atol + rtol * np.abs(want)))
+        ok = _close(got, want, atol, rtol)
         sites.append({"site": index, "output": name, "max_abs": err, "ok": ok})
     first = next((s for s in sites if not s["ok"]), None)
     verdict = (

@@ -51,8 +51,8 @@ class Batching:
 def write_repository(model_path: Path, repo: Path, name: str | None, batching: Batching) -> Path:
     """Write ``repo/<name>/`` for ``model_path`` and return that directory."""
     model = load_model(model_path)
-    props = {p.key: p.value for p in model.metadata_props}
-    name = name or props.get(metadata.PREFIX + "name") or model_path.stem
+    props = metadata.read(model)
+    name = name or props.get("name") or model_path.stem
     if not _NAME.match(name):
         raise UserError(f"model name {name!r}: use letters, digits, '_', '-' and '.' only")
     config = model_config(model, name, batching)
@@ -167,8 +167,7 @@ def _triton_type(value: onnx.ValueInfoProto) -> str:
 
 def _trained_size(model: onnx.ModelProto) -> dict[int, int]:
     """Per non-batch input axis, the size in ``ln2d.input`` (C, H, W), if the metadata is there."""
-    props = {p.key: p.value for p in model.metadata_props}
-    text = props.get(metadata.PREFIX + "input")
+    text = metadata.read(model).get("input")
     if text is None:
         return {}
     info = json.loads(text)
@@ -189,7 +188,7 @@ def _num_classes(config: dict) -> int:
 
 
 def _labels(props: dict[str, str], num_classes: int) -> list[str]:
-    text = props.get(metadata.PREFIX + "labels")
+    text = props.get("labels")
     labels = json.loads(text) if text else [str(i) for i in range(num_classes)]
     if len(labels) != num_classes:
         raise UserError(f"the model has {num_classes} outputs but {len(labels)} labels")
