@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from serve import images
-from serve.app import ServerState
+from serve.app import ServerState, refuse_compressed
 from serve.batcher import Result
 from serve.errors import ApiError
 
@@ -102,8 +102,7 @@ def router(state: ServerState) -> APIRouter:
 async def _images(request: Request, max_images: int) -> list[bytes]:
     """The raw body as one image, or every multipart ``file`` field."""
     content_type = request.headers.get("content-type", "")
-    if request.headers.get("content-encoding", "identity") != "identity":
-        raise ApiError(415, "compressed request bodies are not accepted")
+    refuse_compressed(request)
     if not content_type.startswith("multipart/form-data"):
         images.check_media_type(content_type)
         return [await request.body()]

@@ -11,8 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from serve import v2
-from serve.app import ServerState
-from serve.errors import ApiError
+from serve.app import ServerState, refuse_compressed
 
 # Parsing a JSON tensor this large would hold the event loop for milliseconds: use a thread.
 INLINE_PARSE_BYTES = 64 * 1024
@@ -53,8 +52,7 @@ def router(state: ServerState) -> APIRouter:
         state.check_model(name, version)
         state.check_ready()
         deadline = state.deadline()
-        if request.headers.get("content-encoding", "identity") != "identity":
-            raise ApiError(415, "compressed request bodies are not accepted")
+        refuse_compressed(request)
         body = await request.body()
         header_length = request.headers.get(v2.HEADER_LENGTH)
         parse_args = (body, header_length, info, state.settings.max_images)

@@ -124,6 +124,13 @@ class ServerState:
         )
 
 
+def refuse_compressed(request: Request) -> None:
+    """Bodies are taken as sent: the body limit counts the bytes on the wire, so inflating
+    them here would let a small request grow past it."""
+    if request.headers.get("content-encoding", "identity") != "identity":
+        raise ApiError(415, "compressed request bodies are not accepted")
+
+
 def create_app(settings: Settings, model: Model) -> FastAPI:
     from serve import api_v1, api_v2, health, page
 

@@ -335,6 +335,13 @@ HOSTILE = [
         _v2([_tensor()], outputs=[{"name": "logits", "parameters": {"classification": -1}}]),
         400,
     ),
+    (
+        "v2-gzip",
+        "POST",
+        V2_PATH,
+        {**_v2([_tensor()]), "headers": {"content-encoding": "gzip"}},
+        415,
+    ),
     ("v2-unknown-model", "POST", "/v2/models/nope/infer", _v2([_tensor()]), 404),
     ("v2-unknown-version", "POST", f"/v2/models/{MODEL}/versions/7/infer", _v2([_tensor()]), 404),
     ("unknown-path", "GET", "/nope", {}, 404),
