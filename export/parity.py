@@ -16,14 +16,13 @@ import onnx
 import onnxruntime as ort
 
 from export import metadata
+from export.numerics import close, tolerance
 from export.onnx_export import INPUT_NAME
 from export.onnx_io import load_model
 from ln2d.checkpoint import Checkpoint
 from ln2d.errors import UserError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-# (atol, rtol) by input dtype: fp32 kernels differ in summation order, fp16 in its 11-bit mantissa.
-TOLERANCES = {np.float32: (1e-4, 1e-4), np.float16: (1e-2, 1e-2), np.float64: (1e-8, 1e-8)}
 
 
 @dataclass(frozen=True)
@@ -100,8 +99,10 @@ def run_parity_checks(checkpoint: Checkpoint, model_path: Path, options: ParityO
 
     model = load_model(model_path)
     dtype = _input_dtype(model)
-    atol, rtol = TOLERANCES.get(dtype, TOLERANCES[np.float32])
-    atol, rtol = options.atol or atol, options.rtol or rtol
+    atol, rtol = tolerance(dtype)
+    # 0 is a tolerance (exact), not a request for the default.
+    atol = atol if options.atol is None else options.atol
+    rtol = rtol if options.rtol is None else options.rtol
     x, labels = _inputs(checkpoint, options.data)
     x = x.astype(dtype)
     reference = predict_logits(checkpoint.model(), x.astype(np.float32))
@@ -171,7 +172,7 @@ def _compare(name, provider, actual, expected, atol, rtol) -> Comparison:
     return Comparison(
         name,
         provider,
-        "pass" if _close(actual, expected, atol, rtol) else "FAIL",
+        "pass" if close(actual, expected, atol, rtol) else "FAIL",
         max_abs=float(diff.max()),
         max_rel=float((diff / scale).max()),
         mean_abs=float(diff.mean()),
@@ -181,24 +182,16 @@ def _compare(name, provider, actual, expected, atol, rtol) -> Comparison:
     )
 
 
-def _close(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> bool:
-    """numpy's allclose rule, |actual - expected| <= atol + rtol * |expected| in float64,
-    and every actual value finite."""
-    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    return bool(np.all(diff <= atol + rtol * np.abs(expected)) and np.isfinite(actual).all())
-
-
 def _site_outputs(model: onnx.ModelProto) -> list[str]:
     """Each fused site's output value: from the export's ``ln2d.fusion`` metadata, which
     names them for every form, else by fusing again (fused sites show as already fused)."""
-    from export.fusion import fuse_model
+    from export.fusion import match
 
     summary = json.loads(metadata.read(model).get("fusion", "{}"))
     recorded = [s["output"] for s in summary.get("sites", []) if s["status"] != "rejected"]
     if recorded:
         return recorded
-    _, report = fuse_model(model)
-    return [s.output for s in report.fused]
+    return [s.output for s in match(model).report.fused]
 
 
 def bisect(checkpoint, model, provider, x, atol, rtol) -> dict:
@@ -230,7 +223,7 @@ def bisect(checkpoint, model, provider, x, atol, rtol) -> dict:
     sites = []
     for index, (name, got, want) in enumerate(zip(outputs, values, captured, strict=True)):
         err = float(np.abs(got.astype(np.float64) - want).max())
-        ok = _close(got, want, atol, rtol)
+        ok = close(got, want, atol, rtol)
         sites.append({"site": index, "output": name, "max_abs": err, "ok": ok})
     first = next((s for s in sites if not s["ok"]), None)
     verdict = (

@@ -32,7 +32,7 @@ def _check_fused(module, fused, report, eps, sites=1):
 def test_every_style_fuses_exactly(style, affine, exporter, opset):
     module = norm_styles.STYLES[style](C, 1e-6, affine).eval()
     model = export(module, torch.randn(2, C, 6, 6), exporter, opset)
-    fused, report = fuse_model(model)
+    fused, report = fuse_model(model, "portable")
     _check_fused(module, fused, report, 1e-6)
     (site,) = report.sites
     assert site.channels == C and site.affine == ("none" if affine is None else "weight+bias")
@@ -48,7 +48,7 @@ def test_every_style_fuses_exactly(style, affine, exporter, opset):
 @pytest.mark.parametrize("eps", [1e-5, 1e-3, 0.25])
 def test_eps_is_copied(eps):
     module = norm_styles.Explicit(C, eps, "index").eval()
-    fused, report = fuse_model(export(module, torch.randn(2, C, 6, 6), "dynamo", 18))
+    fused, report = fuse_model(export(module, torch.randn(2, C, 6, 6), "dynamo", 18), "portable")
     _check_fused(module, fused, report, eps)
     assert report.sites[0].epsilon == float(np.float32(eps))
 
@@ -56,7 +56,7 @@ def test_eps_is_copied(eps):
 def test_norm_between_convolutions_keeps_the_rest():
     module = norm_styles.Wrapped(norm_styles.VarMeanRsqrt(C, 1e-6, "view"), C).eval()
     model = export(module, torch.randn(2, 3, 8, 8), "dynamo", 18)
-    fused, report = fuse_model(model)
+    fused, report = fuse_model(model, "portable")
     assert report.counts() == {"fused": 1}
     assert report.ops_after["Conv"] == 2
     x = torch.randn(2, 3, 11, 7)
@@ -111,7 +111,7 @@ def test_fp16_model_keeps_fp32_statistics():
         module.weight.uniform_(0.5, 1.5)
         module.bias.uniform_(-0.5, 0.5)
     x = (torch.randn(2, C, 6, 6) * 3 + 5).half()
-    fused, report = fuse_model(export(module, x, "torchscript", 18))
+    fused, report = fuse_model(export(module, x, "torchscript", 18), "portable")
     assert report.counts() == {"fused": 1}
     (node,) = layernorm_nodes(fused)
     assert [a.i for a in node.attribute if a.name == "stash_type"] == [1]
@@ -125,7 +125,7 @@ def test_fp16_model_keeps_fp32_statistics():
 
 def test_fusing_twice_counts_and_keeps_the_fused_form():
     module = norm_styles.Explicit(C, 1e-6, "index").eval()
-    once, _ = fuse_model(export(module, torch.randn(2, C, 6, 6), "dynamo", 18))
+    once, _ = fuse_model(export(module, torch.randn(2, C, 6, 6), "dynamo", 18), "portable")
     twice, report = fuse_model(once)
     assert report.counts() == {"already_fused": 1}
     assert report.ops_after == report.ops_before
@@ -135,7 +135,7 @@ def test_fusing_twice_counts_and_keeps_the_fused_form():
 
 def test_report_lists_histograms_and_sites():
     module = norm_styles.Wrapped(norm_styles.Explicit(C, 1e-6, "index"), C).eval()
-    _, report = fuse_model(export(module, torch.randn(2, 3, 8, 8), "torchscript", 17))
+    _, report = fuse_model(export(module, torch.randn(2, 3, 8, 8), "torchscript", 17), "portable")
     data = report.to_dict()
     assert data["summary"]["fused"] == 1
     assert data["ops_before"]["ReduceMean"] == 2 and "ReduceMean" not in data["ops_after"]

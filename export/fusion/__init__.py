@@ -1,11 +1,18 @@
 """Find every per-pixel channel LayerNorm in an ONNX graph and replace it with a fused form.
 
-    canonicalize -> match (placeholders) -> absorb affine -> diagnose the rest -> lower -> clean
+    canonicalize -> match (placeholders) -> absorb affine -> diagnose the rest   = ``match``
+    choose a form per site -> lower in the graph's opset -> clean -> name nodes   = ``lower``
+    onnx.checker, ONNX Runtime, numbers against the input graph                   = ``verify``
 
-``fuse_model`` works on any ONNX model, not only ln2d's exports.
+``fuse_model`` does all three and works on any ONNX model, not only ln2d's exports. Matching
+runs once; the tuner lowers the same matched graph once per candidate assignment.
 """
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import onnx
 import onnx_ir as ir
@@ -14,22 +21,45 @@ from onnxscript.rewriter import pattern
 
 from export.fusion.canonicalize import canonical_rules
 from export.fusion.diagnose import rejected_sites
-from export.fusion.forms import centrable
+from export.fusion.forms import FORMS, centrable, exists_at
 from export.fusion.lowering import lowering_rules
 from export.fusion.patterns import DOMAIN, PLACEHOLDER, affine_rules, matching_rules
 from export.fusion.report import FusionReport, Site, op_histogram
 from export.fusion.targets import DEFAULT_TARGET, FormChoice, chooser
+from export.fusion.verify import FusionError, verify
 
-__all__ = ["FusionReport", "Site", "fuse_model"]
+__all__ = ["FusionError", "FusionReport", "Matched", "Site", "fuse_model", "lower", "match"]
+
+
+@dataclass(frozen=True)
+class Matched:
+    """The input graph with each site replaced by an ai.ln2d::LayerNorm2d placeholder."""
+
+    source: onnx.ModelProto  # the input, returned as it is when nothing fuses
+    placeholders: onnx.ModelProto
+    report: FusionReport  # sites found and rejected; forms not chosen yet
+    opset: int
 
 
 def fuse_model(
-    model: onnx.ModelProto, choose: FormChoice | str = DEFAULT_TARGET
+    model: onnx.ModelProto,
+    choose: FormChoice | str | Mapping[str, str] = DEFAULT_TARGET,
+    check: bool = True,
 ) -> tuple[onnx.ModelProto, FusionReport]:
-    """Return the fused model and the report. ``choose`` is a target name (``TARGETS``) or a
-    function from a site to its form and the reason for it."""
+    """Return the fused model and the report. ``choose`` is a target name (``TARGETS``), a
+    function from a site to its form and the reason for it, or a form per site name. With
+    ``check`` the result passes the gate (``verify``) or FusionError is raised."""
+    fused, report = lower(match(model), choose)
+    if check:
+        verify(model, fused, report)
+    return fused, report
+
+
+def match(model: onnx.ModelProto) -> Matched:
+    """Canonicalize, then replace every LayerNorm2d site with a placeholder."""
     report = FusionReport(ops_before=op_histogram(model))
     graph = ir.serde.deserialize_model(model)
+    opset = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 0))
     _reinfer_shapes(graph)
     _to_fixpoint(canonical_rules(), graph, reinfer=True)
     for canonical in (
@@ -42,15 +72,26 @@ def fuse_model(
         canonical(graph)
     _to_fixpoint(matching_rules(), graph)
     _to_fixpoint(affine_rules(), graph)
-    report.sites = _name_sites(graph) + rejected_sites(graph)
+    report.sites = _name_sites(graph, opset) + rejected_sites(graph)
+    return Matched(model, ir.serde.serialize_model(graph), report, opset)
+
+
+def lower(
+    matched: Matched, choose: FormChoice | str | Mapping[str, str] = DEFAULT_TARGET
+) -> tuple[onnx.ModelProto, FusionReport]:
+    """Each placeholder as the standard-op form ``choose`` picks for its site."""
+    report = copy.deepcopy(matched.report)
     if not report.fused:
         report.ops_after = report.ops_before
-        return model, report
-    choose = chooser(choose) if isinstance(choose, str) else choose
+        return matched.source, report
     for site in report.fused:
-        site.form, site.why = choose(site)
+        site.form, site.why = _choice(choose, site)
+        if not _applies(site.form, site):
+            raise ValueError(f"form {site.form!r} cannot lower {site.name} ({site.opset=})")
+    graph = ir.serde.deserialize_model(matched.placeholders)
+    before = set(graph.graph)
     forms = {site.name: site.form for site in report.fused}
-    _to_fixpoint(lowering_rules(forms.__getitem__), graph)
+    _to_fixpoint(lowering_rules(forms.__getitem__, matched.opset), graph)
     for cleanup in (
         passes.RemoveUnusedNodesPass(),
         passes.RemoveUnusedOpsetsPass(),
@@ -58,9 +99,23 @@ def fuse_model(
     ):
         cleanup(graph)
     graph.opset_imports.pop(DOMAIN, None)
+    _label_site_nodes(graph, before, report.fused)
     fused = ir.serde.serialize_model(graph)
     report.ops_after = op_histogram(fused)
     return fused, report
+
+
+def _choice(choose, site: Site) -> tuple[str, str]:
+    if isinstance(choose, str):
+        return chooser(choose)(site)
+    if isinstance(choose, Mapping):
+        return choose[site.name], "chosen by name"
+    return choose(site)
+
+
+def _applies(form: str, site: Site) -> bool:
+    needs_conv = form == "centred_conv"
+    return form in FORMS and exists_at(form, site.opset) and (site.centrable or not needs_conv)
 
 
 def _to_fixpoint(
@@ -85,7 +140,7 @@ def _reinfer_shapes(model: ir.Model) -> None:
     passes.ShapeInferencePass(data_prop=True)(model)
 
 
-def _name_sites(model: ir.Model) -> list[Site]:
+def _name_sites(model: ir.Model, opset: int) -> list[Site]:
     """Give each placeholder a site name (its attribute) and describe it."""
     sites = []
     placeholders = [n for n in model.graph if n.domain == DOMAIN and n.op_type == PLACEHOLDER]
@@ -106,6 +161,32 @@ def _name_sites(model: ir.Model) -> list[Site]:
                 anchor=x.name,
                 output=node.outputs[0].name,
                 centrable=centrable(x),
+                opset=opset,
+                original="transpose_layernorm" if already else "decomposed",
             )
         )
     return sites
+
+
+def _label_site_nodes(model: ir.Model, before: set[ir.Node], sites: list[Site]) -> None:
+    """Name each node a lowering made ``<site>/<op>_<i>``, so that an error from the checker
+    or a runtime, which names a node, names the site too."""
+    produced = {v.name: v for node in model.graph for v in node.outputs}
+    order = {node: index for index, node in enumerate(model.graph)}
+    # Names must stay unique: a graph fused before already holds ln2d_site_* nodes.
+    taken = {node.name for node in before}
+    for site in sites:
+        stack, seen = [produced.get(site.output)], set()
+        while stack:
+            value = stack.pop()
+            node = value.producer() if value is not None else None
+            if node is None or node in before or node in seen:
+                continue
+            seen.add(node)
+            stack.extend(node.inputs)
+        for index, node in enumerate(sorted(seen, key=order.__getitem__)):
+            name = f"{site.name}/{node.op_type}_{index}"
+            while name in taken:
+                name += "'"
+            node.name = name
+            taken.add(name)

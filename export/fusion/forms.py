@@ -1,9 +1,10 @@
 """Fused forms: standard-ONNX subgraphs that compute a LayerNorm2d, one function per form.
 
-Each form takes the builder, the NCHW input, a per-channel scale (C,), an optional bias (C,) and
-epsilon, and returns the NCHW output, using only standard ONNX ops so any runtime can run the
-result. They differ in how fast a given runtime runs them (see ``ln2d bench``), not in what
-they compute: statistics are always fp32 and the variance is always two-pass, E[(x - mean)^2].
+Each form takes the builder, the NCHW input, an optional per-channel scale (C,), an optional
+bias (C,), epsilon and the graph's opset, and returns the NCHW output in that opset's standard
+ops, so any runtime can run the result. They differ in how fast a given runtime runs them (see
+``ln2d bench``), not in what they compute: statistics are always fp32 and the variance is always
+two-pass, E[(x - mean)^2].
 """
 
 from __future__ import annotations
@@ -20,18 +21,37 @@ Form = Callable[..., ir.Value]
 _LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
-def transpose_layernorm(op, x, scale, bias, epsilon: float) -> ir.Value:
+def transpose_layernorm(op, x, scale, bias, epsilon: float, opset: int) -> ir.Value:
     """Transpose to NHWC, LayerNormalization over the last axis (fp32 statistics), back.
 
     One fused kernel wherever LayerNormalization has one (every GPU runtime); on CPU the two
-    transposes cost more than the norm itself once tensors leave the cache."""
+    transposes cost more than the norm itself once tensors leave the cache. Opset 17 and up."""
     nhwc = op.Transpose(x, perm=[0, 2, 3, 1])
-    inputs = [nhwc, scale] + ([bias] if bias is not None else [])
+    inputs = [nhwc, _ones_if_none(op, x, scale)] + ([bias] if bias is not None else [])
     y = op.LayerNormalization(*inputs, axis=-1, epsilon=epsilon, stash_type=1)
     return op.Transpose(y, perm=[0, 3, 1, 2])
 
 
-def channel_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
+def decomposed(op, x, scale, bias, epsilon: float, opset: int) -> ir.Value:
+    """The norm as exporters write LayerNorm2d's forward: two ReduceMeans, a Div by the
+    standard deviation, then Mul and Add for the affine. A decomposed site's original form,
+    which the tuner always keeps among its candidates."""
+    channels, mean_c = x.shape[1], partial(_reduce, opset=opset)
+
+    def body(x, scale, bias):
+        centred = op.Sub(x, mean_c(op, x, channels))
+        variance = mean_c(op, op.Mul(centred, centred), channels)
+        eps = new_initializer(op, np.array(epsilon, np.float32), "eps")
+        y = op.Div(centred, op.Sqrt(op.Add(variance, eps)))
+        axes = new_initializer(op, np.array([1, 2], np.int64), "axes")
+        if scale is not None:
+            y = op.Mul(y, op.Unsqueeze(scale, axes))
+        return y if bias is None else op.Add(y, op.Unsqueeze(bias, axes))
+
+    return _in_fp32(op, x, scale, bias, body)
+
+
+def channel_moments(op, x, scale, bias, epsilon: float, opset: int) -> ir.Value:
     """NCHW viewed as (N, C, H*W), both means over C as a (1, C) @ (C, H*W) MatMul, one
     reciprocal square root per pixel, and the per-channel affine as one BatchNormalization:
 
@@ -44,23 +64,23 @@ def channel_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
     return _in_fp32(op, x, scale, bias, body)
 
 
-def reduce_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
+def reduce_moments(op, x, scale, bias, epsilon: float, opset: int) -> ir.Value:
     """As ``channel_moments`` in 4-D, with both means over C as ReduceMean, the reduction the
     decomposed graph has. Same reductions, fewer and cheaper passes (Mul for Pow and Div, one
-    reciprocal per pixel, the affine in one pass): in ``ln2d bench``, never slower than the
-    decomposed graph beyond run-to-run noise."""
-    body = partial(_moments, op, channels=x.shape[1], epsilon=epsilon, mean_c=_reduce)
+    reciprocal per pixel, the affine in one pass)."""
+    mean_c = partial(_reduce, opset=opset)
+    body = partial(_moments, op, channels=x.shape[1], epsilon=epsilon, mean_c=mean_c)
     return _in_fp32(op, x, scale, bias, body)
 
 
-def conv_moments(op, x, scale, bias, epsilon: float) -> ir.Value:
+def conv_moments(op, x, scale, bias, epsilon: float, opset: int) -> ir.Value:
     """As ``channel_moments`` in 4-D, with both means over C as 1x1 convolutions of weight
     1/C. ONNX Runtime's CPU provider pays for NCHWc reorders around each of them."""
     body = partial(_moments, op, channels=x.shape[1], epsilon=epsilon, mean_c=_conv)
     return _in_fp32(op, x, scale, bias, body)
 
 
-def centred_conv(op, x, scale, bias, epsilon: float) -> ir.Value:
+def centred_conv(op, x, scale, bias, epsilon: float, opset: int) -> ir.Value:
     """For x = Conv(input, W, b) that feeds only this norm (``centrable``): the channel mean of
     a convolution is the convolution with the channel mean of its weights, so
 
@@ -120,7 +140,7 @@ def _normalise(op, centred, channels: int, scale, bias, epsilon: float, mean_c) 
     # in one pass over the tensor instead of two.
     return op.BatchNormalization(
         normalised,
-        scale,
+        scale if scale is not None else new_initializer(op, np.ones(channels, np.float32), "w"),
         bias if bias is not None else new_initializer(op, zeros, "bias"),
         new_initializer(op, zeros, "mean"),
         new_initializer(op, np.ones(channels, np.float32), "var"),
@@ -139,15 +159,26 @@ def _matmul(op, flat, channels: int) -> ir.Value:
     return op.MatMul(new_initializer(op, ones, "mean_weight"), flat)
 
 
-def _reduce(op, x, channels: int) -> ir.Value:
-    """mean over C of (N, C, H, W) as ReduceMean -> (N, 1, H, W)."""
-    return op.ReduceMean(x, new_initializer(op, np.array([1], np.int64), "axes"), keepdims=1)
+def _reduce(op, x, channels: int, opset: int) -> ir.Value:
+    """mean over C of (N, C, H, W) as ReduceMean -> (N, 1, H, W); axes are an input from
+    opset 18 and an attribute before it."""
+    if opset >= 18:
+        axes = new_initializer(op, np.array([1], np.int64), "axes")
+        return op.ReduceMean(x, axes, keepdims=1)
+    return op.ReduceMean(x, axes=[1], keepdims=1)
 
 
 def _conv(op, x, channels: int) -> ir.Value:
     """mean over C of (N, C, H, W) as a 1x1 convolution -> (N, 1, H, W)."""
     weight = np.full((1, channels, 1, 1), 1 / channels, np.float32)
     return op.Conv(x, new_initializer(op, weight, "mean_weight"))
+
+
+def _ones_if_none(op, x, scale) -> ir.Value:
+    """LayerNormalization needs a scale: ones of C elements in x's dtype."""
+    if scale is not None:
+        return scale
+    return new_initializer(op, np.ones(x.shape[1], dtype=x.dtype.numpy()), "scale")
 
 
 def _in_fp32(op, x, scale, bias, body) -> ir.Value:
@@ -159,9 +190,16 @@ def _in_fp32(op, x, scale, bias, body) -> ir.Value:
 
 
 FORMS: dict[str, Form] = {
+    "decomposed": decomposed,
     "transpose_layernorm": transpose_layernorm,
     "channel_moments": channel_moments,
     "reduce_moments": reduce_moments,
     "conv_moments": conv_moments,
     "centred_conv": centred_conv,  # only where ``centrable``
 }
+MIN_OPSET = {"transpose_layernorm": 17}  # LayerNormalization; every other form: 13
+
+
+def exists_at(form: str, opset: int) -> bool:
+    """The form's ops are all in this opset."""
+    return opset >= MIN_OPSET.get(form, 13)

@@ -23,6 +23,9 @@ class Site:
     reason: str | None = None
     anchor: str | None = None  # the site's input value (fused) or its mean node (rejected)
     output: str | None = None  # the site's output value: same name before and after fusion
+    opset: int | None = None  # the graph's default-domain opset, which bounds the forms
+    original: str | None = None  # the form it came in: "decomposed" | "transpose_layernorm"
+    timings_ms: dict[str, float] | None = None  # --tune: median ms of the whole model per form
 
 
 @dataclass
@@ -30,6 +33,8 @@ class FusionReport:
     sites: list[Site] = field(default_factory=list)
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
+    verification: dict[str, object] = field(default_factory=dict)  # the gate's steps
+    tuning: dict[str, object] | None = None  # --tune: shapes, baseline and result timings
 
     @property
     def fused(self) -> list[Site]:
@@ -53,6 +58,8 @@ class FusionReport:
             "sites": [asdict(s) for s in self.sites],
             "ops_before": self.ops_before,
             "ops_after": self.ops_after,
+            "verification": self.verification,
+            "tuning": self.tuning,
         }
 
     def to_json(self) -> str:

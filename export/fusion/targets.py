@@ -1,20 +1,27 @@
 """Which fused form each site gets, per target runtime, and why.
 
 The rules come from ``ln2d bench`` (docs/benchmarks.md has the tables they rest on). A rule
-sees only what is fixed at export time: the site's channels and what produces its input.
-Batch and spatial size stay dynamic, so each rule must hold across them.
+sees only what is fixed at export time: the site's channels, what produces its input, the form
+it came in and the graph's opset. Batch and spatial size stay dynamic, so each rule must hold
+across them; ``ln2d fuse --tune`` measures instead, on the shapes you give it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from export.fusion.forms import exists_at
 from export.fusion.report import Site
 
 FormChoice = Callable[[Site], tuple[str, str]]  # site -> (form name, why)
 
 
 def _cpu(site: Site) -> tuple[str, str]:
+    if site.status == "already_fused":
+        return site.original, (
+            "cpu: kept as it came; no standard-op form was measured faster than an already "
+            "fused LayerNormalization in every context (--tune measures this model)"
+        )
     if site.centrable:
         return "centred_conv", "cpu: input is a Conv output, centred by its weights (no mean pass)"
     return "reduce_moments", "cpu: decomposed's reductions, Mul for Pow and Div, affine in one pass"
@@ -22,7 +29,12 @@ def _cpu(site: Site) -> tuple[str, str]:
 
 def _layernorm(target: str) -> FormChoice:
     def choose(site: Site) -> tuple[str, str]:
-        return "transpose_layernorm", f"{target}: one LayerNormalization kernel"
+        if exists_at("transpose_layernorm", site.opset):
+            return "transpose_layernorm", f"{target}: one LayerNormalization kernel"
+        return "reduce_moments", (
+            f"{target}: opset {site.opset} has no LayerNormalization (17+), so the fewest "
+            "passes in its ops; fuse --opset 17 for one kernel"
+        )
 
     return choose
 
@@ -35,7 +47,7 @@ TARGETS: dict[str, FormChoice] = {
     # The standard fused-norm op, which every runtime with opset 17 implements as one kernel.
     "portable": _layernorm("portable"),
 }
-DEFAULT_TARGET = "portable"
+DEFAULT_TARGET = "cpu"  # the CLI's default too (export.commands reads it from here)
 
 
 def chooser(target: str) -> FormChoice:

@@ -1,0 +1,21 @@
+"""What "the same numbers" means: tolerances by dtype and the one comparison rule that parity
+and the fusion gate share. Torch-free, so the fuser can use it without the model library."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# (atol, rtol) by dtype: fp32 kernels differ in summation order, fp16 in its 11-bit mantissa.
+TOLERANCES = {np.float32: (1e-4, 1e-4), np.float16: (1e-2, 1e-2), np.float64: (1e-8, 1e-8)}
+
+
+def tolerance(dtype) -> tuple[float, float]:
+    """(atol, rtol) for arrays of ``dtype``; fp32's for anything else (bf16 reads as fp32)."""
+    return TOLERANCES.get(np.dtype(dtype).type, TOLERANCES[np.float32])
+
+
+def close(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> bool:
+    """numpy's allclose rule, |actual - expected| <= atol + rtol * |expected| in float64,
+    and every actual value finite."""
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    return bool(np.all(diff <= atol + rtol * np.abs(expected)) and np.isfinite(actual).all())
