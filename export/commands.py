@@ -9,11 +9,14 @@ from pathlib import Path
 from ln2d.commands import add_checkpoint_arguments, int_list, load_from_args
 from ln2d.errors import UserError, writing
 
-# export.fusion.targets.TARGETS, named here so that registering commands imports no onnx.
+# export.fusion.targets.TARGETS and DEFAULT_TARGET, named here so that registering commands
+# imports no onnx (tests hold the two equal).
 TARGETS = ("cpu", "cuda", "portable")
+DEFAULT_TARGET = "cpu"
 TARGET_HELP = (
-    "runtime to fuse for: per site, a form ln2d bench measured fast and never slower than "
-    "the decomposed graph (cpu), or one LayerNormalization (cuda, portable); default: cpu"
+    "runtime to fuse for: per site, a form ln2d bench measured never slower than the input's "
+    "own form in its context, already-fused sites kept as they came (cpu); or one "
+    "LayerNormalization where the opset has it (cuda, portable); default: cpu"
 )
 
 
@@ -40,7 +43,7 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     export.add_argument("-o", "--output", type=Path, required=True, help="model.onnx to write")
     export.add_argument("--opset", type=int, help="ONNX opset (default: 23; at least 18)")
     export.add_argument("--no-fuse", action="store_true", help="keep the decomposed graph")
-    export.add_argument("--target", choices=TARGETS, default="cpu", help=TARGET_HELP)
+    export.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=TARGET_HELP)
     export.add_argument("--report", type=Path, help="write the fusion report as JSON")
     export.set_defaults(run=run_export, extra="export,cpu")
 
@@ -64,27 +67,73 @@ def _add_fuse(commands: argparse._SubParsersAction) -> None:
     fuse = commands.add_parser(
         "fuse",
         help="fuse every per-pixel channel LayerNorm in any ONNX model",
-        description="Find every per-pixel channel LayerNorm in IN.onnx, whichever way it is "
-        "written, and replace it with standard ONNX ops; report every candidate site.",
+        description="Find every per-pixel channel LayerNorm in IN.onnx (opset 13+), whichever "
+        "way it is written, and replace it with standard ONNX ops of the model's own opset; "
+        "report every candidate site. Nothing is written unless the result passes "
+        "onnx.checker, loads in ONNX Runtime and matches IN.onnx on random inputs at two "
+        "shapes (exit 1 otherwise).",
     )
     fuse.add_argument("input", type=Path, metavar="IN.onnx")
     fuse.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
-    fuse.add_argument("--target", choices=TARGETS, default="cpu", help=TARGET_HELP)
+    fuse.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=TARGET_HELP)
+    fuse.add_argument(
+        "--opset", type=int, help="first raise the model to this opset (onnx's version converter)"
+    )
+    fuse.add_argument(
+        "--tune",
+        action="store_true",
+        help="time each site's candidate forms, its original among them, inside the whole "
+        "model on this machine's ONNX Runtime (CPU) and keep the fastest; the input model "
+        "comes back unchanged unless the result beats it (replaces --target)",
+    )
+    fuse.add_argument(
+        "--shape",
+        type=int_list,
+        action="append",
+        metavar="N,C,H,W",
+        help="input shape to tune at, repeatable (default: batch 1 at the model's own size, "
+        "or 224x224 where it is dynamic)",
+    )
+    fuse.add_argument(
+        "--threads", type=int, default=0, help="--tune: intra-op threads (0 = the CPU quota)"
+    )
     fuse.add_argument("--report", type=Path, help="write the fusion report as JSON")
+    fuse.add_argument("--no-progress", action="store_true", help="no progress bar for --tune")
     fuse.set_defaults(run=run_fuse, extra="export,cpu")
 
 
 def run_fuse(args: argparse.Namespace) -> int:
-    from export.fusion import fuse_model
-    from export.onnx_io import load_model, save_model
+    from export import metadata
+    from export.fusion import lower, match, verify
+    from export.onnx_io import load_model, raise_opset, save_model
 
-    model = load_model(args.input)
-    fused, report = fuse_model(model, args.target)
+    if args.shape and not args.tune:
+        raise UserError("--shape only applies with --tune")
+    source = load_model(args.input)
+    matched = match(raise_opset(source, args.opset) if args.opset else source)
+    fused, report = _tuned(matched, args) if args.tune else lower(matched, args.target)
+    verify(source, fused, report)  # against the file as it came, opset raise included
+    target = "tune" if args.tune else args.target
+    if report.fused:
+        metadata.write(fused, {"fusion": report.metadata(target)})
     save_model(fused, args.output)
     print(report.table())
     _write(args.report, report.to_json())
     print(f"wrote {args.output}")
     return 0
+
+
+def _tuned(matched, args: argparse.Namespace):
+    from export.fusion.tune import TuneOptions, default_shape, tune
+    from serve.cpu_quota import available_cpus
+
+    shapes = tuple(args.shape or [default_shape(matched.source)])
+    if any(len(s) != len(shapes[0]) or min(s) < 1 for s in shapes):
+        raise UserError("--shape takes positive sizes, N,C,H,W, the same rank every time")
+    if not matched.report.fused:
+        return matched.source, matched.report
+    options = TuneOptions(shapes, args.threads or available_cpus(), progress=not args.no_progress)
+    return tune(matched, options)
 
 
 def _add_parity(commands: argparse._SubParsersAction) -> None:

@@ -58,20 +58,11 @@ def export_checkpoint(
             "eps": repr(checkpoint.config.eps),
             "version": __version__,
             "checkpoint_sha256": checkpoint.sha256,
-            "fusion": fusion_summary(report, target),
+            "fusion": report.metadata(target) if report is not None else {"fused": False},
         },
     )
     proto.doc_string = f"SimpleLN_CNN exported by ln2d {__version__}"
     return proto, report
-
-
-def fusion_summary(report: FusionReport | None, target: str) -> dict:
-    if report is None:
-        return {"fused": False}
-    summary = report.to_dict()["summary"]
-    keys = ("name", "status", "style", "form", "why", "output", "reason")
-    sites = [{k: getattr(s, k) for k in keys} for s in report.sites]
-    return {"fused": bool(report.fused), "target": target, **summary, "sites": sites}
 
 
 def module_to_onnx(

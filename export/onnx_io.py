@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnx
@@ -33,6 +34,31 @@ def load_model(path: Path) -> onnx.ModelProto:
     return model
 
 
+def raise_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """The model converted up to ``opset`` by onnx's version converter (never down)."""
+    current = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < current:
+        raise UserError(
+            f"--opset {opset} is below the model's {current}: only raising is supported"
+        )
+    if opset == current:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(model, opset)
+        onnx.checker.check_model(converted, full_check=True)
+    except Exception as exc:  # the converter raises bare RuntimeErrors from C++
+        first = " ".join(str(exc).split())[:200]
+        raise UserError(f"cannot raise opset {current} -> {opset}: {first}") from exc
+    return converted
+
+
 def save_model(model: onnx.ModelProto, path: Path) -> None:
-    with writing(Path(path)) as target:
-        onnx.save(model, str(target))
+    """Write atomically: a file of that name is either the old one or the whole new one."""
+    path = Path(path)
+    with writing(path):
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            onnx.save(model, str(partial))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)

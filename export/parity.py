@@ -19,10 +19,9 @@ from export import metadata
 from export.numerics import close, tolerance
 from export.onnx_export import INPUT_NAME
 from export.onnx_io import load_model
+from export.timing import PROVIDERS
 from ln2d.checkpoint import Checkpoint
 from ln2d.errors import UserError
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ def _name_sites(model: ir.Model, opset: int) -> list[Site]:
                 anchor=x.name,
                 output=node.outputs[0].name,
                 centrable=centrable(x),
+                producer=x.producer().op_type if x.producer() else "graph input",
                 opset=opset,
                 original="transpose_layernorm" if already else "decomposed",
             )

@@ -20,6 +20,7 @@ class Site:
     form: str | None = None
     why: str | None = None  # why this form: the target's rule that picked it
     centrable: bool = False  # input is a Conv output the centred_conv form can fold into
+    producer: str | None = None  # op type that produces the site's input
     reason: str | None = None
     anchor: str | None = None  # the site's input value (fused) or its mean node (rejected)
     output: str | None = None  # the site's output value: same name before and after fusion
@@ -61,6 +62,16 @@ class FusionReport:
             "verification": self.verification,
             "tuning": self.tuning,
         }
+
+    def metadata(self, target: str) -> dict:
+        """The ``ln2d.fusion`` metadata entry: what was chosen per site, why, and timings."""
+        keys = ("name", "status", "style", "form", "why", "output", "reason", "timings_ms")
+        sites = [{k: getattr(s, k) for k in keys} for s in self.sites]
+        summary = self.to_dict()["summary"]
+        entry = {"fused": bool(self.fused), "target": target, **summary, "sites": sites}
+        if self.tuning:
+            entry["tuning"] = self.tuning
+        return entry
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -1,0 +1,139 @@
+"""``ln2d fuse --tune``: pick each site's form by timing the whole model, as TensorRT picks
+tactics.
+
+Sites that sit in the same kind of context (same original form, producer op, channel count and
+whether a Conv can centre them) are tuned together, so that each trial changes enough of the
+model to measure. For each group, in graph order, every form that can lower it, its original
+form always among them, is timed inside the whole model with the other groups at their best so
+far; a form replaces the current one only when it is faster by more than ``MARGIN``. At the
+end the tuned model is timed against the input model itself, beside an A/A control, and the
+input comes back unchanged unless the tuned model beat it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from export import metadata, timing
+from export.fusion import Matched, lower
+from export.fusion.forms import FORMS, exists_at
+from export.fusion.report import FusionReport, Site
+
+MARGIN = 0.01  # a form must be this much faster (geomean over shapes) to replace another
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    shapes: tuple[tuple[int, ...], ...]  # input shapes to time, all weigh the same
+    threads: int
+    seconds: float = 0.2  # per variant and shape, per trial
+    progress: bool = True
+
+
+def tune(matched: Matched, options: TuneOptions) -> tuple[onnx.ModelProto, FusionReport]:
+    """The fastest assignment of forms found, or the input model when nothing beat it."""
+    sites = matched.report.fused
+    best = {site.name: site.original for site in sites}
+    timings: dict[str, dict[str, float]] = {}
+    groups = list(_groups(sites))
+    bar = tqdm(total=len(groups) + 1, desc="tune", disable=not options.progress)
+    for key, members in groups:
+        bar.set_postfix_str(key)
+        trial = {form: {**best, **{s.name: form for s in members}} for form in _forms(members)}
+        models = {form: lower(matched, assignment)[0] for form, assignment in trial.items()}
+        ms = _time(models, options)
+        current = best[members[0].name]
+        winner = min(ms, key=ms.get)
+        chosen = winner if ms[winner] < (1 - MARGIN) * ms[current] else current
+        for site in members:
+            best[site.name] = chosen
+            timings[site.name] = ms
+        bar.update()
+    fused, report = lower(matched, best)
+    control = "input" + timing.AA_SUFFIX
+    final = _time({"tuned": fused, "input": matched.source, control: matched.source}, options)
+    bar.update()
+    bar.close()
+    return _verdict(matched, fused, report, final, timings, options)
+
+
+def default_shape(model: onnx.ModelProto) -> tuple[int, ...]:
+    """Batch 1 at the model's own input size: static dims, else the size an ln2d export
+    records in its metadata, else 224."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    recorded = json.loads(metadata.read(model).get("input", "{}"))
+    sizes = {2: recorded.get("height", 224), 3: recorded.get("width", 224)}
+    return tuple(
+        d.dim_value if d.HasField("dim_value") else 1 if axis == 0 else sizes.get(axis, 224)
+        for axis, d in enumerate(dims)
+    )
+
+
+def _groups(sites: list[Site]) -> Iterator[tuple[str, list[Site]]]:
+    groups: dict[str, list[Site]] = {}
+    for site in sites:
+        key = f"{site.original} after {site.producer}, C={site.channels}"
+        key += ", centrable" if site.centrable else ""
+        groups.setdefault(key, []).append(site)
+    yield from groups.items()
+
+
+def _forms(members: list[Site]) -> list[str]:
+    site = members[0]
+    return [
+        form
+        for form in FORMS
+        if exists_at(form, site.opset) and (form != "centred_conv" or site.centrable)
+    ]
+
+
+def _time(models: dict[str, onnx.ModelProto], options: TuneOptions) -> dict[str, float]:
+    """Each model's median ms, as the geometric mean over the shapes."""
+    sessions = {
+        name: timing.session(m.SerializeToString(), options.threads) for name, m in models.items()
+    }
+    logs: dict[str, float] = dict.fromkeys(models, 0.0)
+    for shape in options.shapes:
+        feeds = _feeds(next(iter(sessions.values())), shape)
+        runners = {name: timing.runner(s, feeds) for name, s in sessions.items()}
+        for name, ms in timing.interleaved(runners, options.seconds).items():
+            logs[name] += math.log(ms) / len(options.shapes)
+    return {name: math.exp(total) for name, total in logs.items()}
+
+
+def _feeds(model_session, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    (value,) = model_session.get_inputs()
+    dtype = np.float16 if value.type == "tensor(float16)" else np.float32
+    return {value.name: np.random.default_rng(0).standard_normal(shape).astype(dtype)}
+
+
+def _verdict(matched, fused, report, final, timings, options):
+    """Keep the tuned model only if it beat the input model itself."""
+    ratio = final["tuned"] / final["input"]
+    report.tuning = {
+        "shapes": [list(s) for s in options.shapes],
+        "threads": options.threads,
+        "median_ms": final,  # geometric mean over the shapes
+        "tuned_over_input": ratio,
+        "aa_ratio": final["input"] / final["input" + timing.AA_SUFFIX],
+    }
+    kept = ratio >= 1 - MARGIN
+    for site in report.fused:
+        site.timings_ms = timings[site.name]
+        if kept:
+            site.form = site.original
+            site.why = "tune: kept as it came; no assignment of forms beat the input model"
+        else:
+            site.why = f"tune: fastest of {len(timings[site.name])} forms in the whole model"
+    report.tuning["result"] = "input kept" if kept else "tuned"
+    if kept:
+        report.ops_after = report.ops_before
+        return matched.source, report
+    return fused, report

@@ -1,0 +1,75 @@
+"""Timing ONNX Runtime sessions side by side without bias. Torch-free on purpose.
+
+Three things make such timings lie, and each is handled here:
+- spinning threads: a session's idle intra-op threads (and torch's OpenMP workers) keep
+  spinning after a call and steal the cores from whatever runs next. Sessions run with
+  spinning off, and this module never imports torch; ``ln2d bench`` runs it in a subprocess.
+- order: the variant timed right after another pays for its cache and frequency state. The
+  order is shuffled every round.
+- noise: every table carries an A/A control, one model loaded twice as two variants; their
+  ratio says how far apart two equal things measure in this run.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+AA_SUFFIX = " (A/A)"  # the control variant's name: the same model's second session
+AA_LIMIT = 0.05  # an A/A ratio further from 1 than this marks the run as too noisy
+
+Runner = Callable[[], object]
+
+
+def session(model: bytes | str, threads: int, provider: str = "cpu"):
+    """An InferenceSession with ``threads`` intra-op threads, spinning off, one inter-op."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=[PROVIDERS[provider]])
+
+
+def runner(model_session, feeds: dict[str, np.ndarray]) -> Runner:
+    return lambda: model_session.run(None, feeds)
+
+
+def interleaved(
+    runners: dict[str, Runner], seconds: float, seed: int = 0, min_rounds: int = 5
+) -> dict[str, float]:
+    """Median ms per runner: each runs once per round, in a fresh random order every round,
+    until ``seconds`` per runner are spent (at least ``min_rounds``, at most 1000)."""
+    for run in runners.values():  # warm-up: allocations, kernel selection
+        run()
+        run()
+    order = list(runners)
+    shuffle = random.Random(seed).shuffle
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    deadline = time.perf_counter() + seconds * len(runners)
+    rounds = 0
+    while rounds < min_rounds or (time.perf_counter() < deadline and rounds < 1000):
+        shuffle(order)
+        for name in order:
+            started = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - started)
+        rounds += 1
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def aa_ratio(medians: dict[str, float], name: str) -> float:
+    """The control's ratio: ``name`` over its second session."""
+    return medians[name] / medians[name + AA_SUFFIX]
+
+
+def noisy(ratio: float) -> bool:
+    return abs(ratio - 1) > AA_LIMIT
