@@ -1,33 +1,46 @@
 """``ln2d bench``: every fused form against the decomposed graph, no norm and PyTorch eager.
 
-For each network and grid point, the variants run interleaved (A B C A B C ...), so that a
-noisy neighbour slows all of them alike, and each gets its median. Every ONNX Runtime session
-runs with thread spinning off: with it on, the idle sessions' spinning threads steal the cores
-from the one being timed.
+Three phases, so that nothing measured pays for something else:
+
+1. graphs: each network is exported once (``module_to_onnx``, dynamic shapes), and again with
+   its norms replaced by identities (no-norm); every form that applies to every site, each
+   target's pick and, for networks marked ``tune``, what ``ln2d fuse --tune`` picks (itself
+   a torch-free subprocess) are written to a temporary folder.
+2. ONNX Runtime: a subprocess that never imports torch times every variant of a network side
+   by side (``export.timing``: spinning off, a new random order every round) and carries an
+   A/A control, the decomposed graph loaded a second time.
+3. PyTorch eager (and, for a bare norm, a tensor copy), in this process, after all of it.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import platform
 import statistics
-import time
-from collections.abc import Callable, Iterator
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 from tqdm import tqdm
 
+from export import timing
 from export.bench_models import NETWORKS, Network, build, without_norms
-from export.fusion import fuse_model
-from export.fusion.forms import FORMS
-from export.fusion.targets import DEFAULT_TARGET, TARGETS
+from export.fusion import fuse_model, lower, match
+from export.fusion.forms import FORMS, exists_at
+from export.fusion.targets import TARGETS
 from export.onnx_export import DEFAULT_OPSET, module_to_onnx
-from export.parity import PROVIDERS
 from ln2d.errors import UserError
 from serve.cpu_quota import available_cpus
+
+DECOMPOSED, CONTROL = "decomposed", "decomposed" + timing.AA_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -42,36 +55,36 @@ class BenchOptions:
     progress: bool = True
 
 
-Runner = Callable[[], object]
-
-
 def run(options: BenchOptions) -> dict:
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)
     available = set(ort.get_available_providers())
-    providers = [p for p in options.providers if PROVIDERS[p] in available]
+    providers = [p for p in options.providers if timing.PROVIDERS[p] in available]
     skipped = {p: "provider not available" for p in options.providers if p not in providers}
-    torch.set_num_threads(options.threads)
-    points, networks = list(_grid(options)), list(_networks(options))
-    results = []
-    total = len(networks) * len(providers) * len(points)
-    bar = tqdm(total=total, desc="bench", disable=not options.progress)
-    for network, channels in networks:
-        graphs, targets = _graphs(network, channels)
-        module = build(network, channels)
-        for provider in providers:
-            sessions = {name: _session(ort, g, provider, options.threads) for name, g in graphs}
-            for batch, size in points:
-                shape = (batch, channels, size, size)
-                if size < network.min_size:
-                    bar.update()
-                    continue
-                bar.set_postfix_str(f"{network.name} {provider} {shape}")
-                point = _measure(network, provider, shape, sessions, module, options)
-                results.append({**point, "targets": targets})
-                bar.update()
-    bar.close()
+    networks = list(_networks(options))
+    with tempfile.TemporaryDirectory(prefix="ln2d-bench-") as tmp:
+        jobs = []
+        for index, (network, channels) in enumerate(
+            tqdm(networks, desc="graphs", disable=not options.progress)
+        ):
+            shapes = _shapes(network, channels, options)
+            folder = Path(tmp) / str(index)
+            models, targets = _write_graphs(network, channels, shapes, folder, options)
+            for provider in providers:
+                jobs.append(
+                    {
+                        "id": len(jobs),
+                        "network": network.name,
+                        "provider": provider,
+                        "models": models,
+                        "shapes": shapes,
+                        "targets": targets,
+                    }
+                )
+        timed = _onnxruntime_phase(jobs, options, Path(tmp))
+    results = [_point(jobs[t["job"]], t) for t in timed]
+    if "cpu" in providers:
+        _eager_phase(networks, results, options)
     return {
         "date": date.today().isoformat(),
         "machine": _machine(options.threads),
@@ -81,12 +94,6 @@ def run(options: BenchOptions) -> dict:
     }
 
 
-def _grid(options: BenchOptions) -> Iterator[tuple[int, int]]:
-    for batch in options.batches:
-        for size in options.spatial:
-            yield batch, size
-
-
 def _networks(options: BenchOptions) -> Iterator[tuple[Network, int]]:
     for name in options.networks:
         network = NETWORKS[name]
@@ -94,84 +101,121 @@ def _networks(options: BenchOptions) -> Iterator[tuple[Network, int]]:
             yield network, channels
 
 
-def _graphs(network: Network, channels: int) -> tuple[list[tuple[str, onnx.ModelProto]], dict]:
-    """The decomposed and no-norm exports, every form that applies to every site, and, per
-    target, the variant holding its choice (a form's own variant when it picks one form)."""
-    example = torch.zeros(2, channels, max(8, network.min_size), max(8, network.min_size))
+def _shapes(network: Network, channels: int, options: BenchOptions) -> list[list[int]]:
+    return [
+        [batch, channels, size, size]
+        for batch in network.batches or options.batches
+        for size in network.spatial or options.spatial
+        if size >= network.min_size
+    ]
+
+
+def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dict, dict]:
+    """Write every variant's ONNX file; return {variant: path} and, per target, its variant."""
+    folder.mkdir(parents=True)
+    size = max(8, network.min_size)
+    example = torch.zeros(2, channels, size, size)
     decomposed = module_to_onnx(build(network, channels), example, DEFAULT_OPSET)
     bare = module_to_onnx(without_norms(build(network, channels)), example, DEFAULT_OPSET)
-    graphs = [("decomposed", decomposed), ("no-norm", bare)]
-    by_target = {target: fuse_model(decomposed, target) for target in TARGETS}
-    sites = by_target[DEFAULT_TARGET][1].fused
+    graphs = {DECOMPOSED: decomposed, "no-norm": bare}
+    matched = match(decomposed)
+    sites = matched.report.fused
     if not sites:
         raise UserError(f"{network.name}: no LayerNorm2d site fused")
     for form in FORMS:
-        if form != "centred_conv" or all(site.centrable for site in sites):
-            graphs.append((form, fuse_model(decomposed, lambda _, form=form: (form, "bench"))[0]))
+        if form != DECOMPOSED and all(_lowers(form, site) for site in sites):
+            graphs[form] = lower(matched, {site.name: form for site in sites})[0]
     targets = {}
-    for target, (fused, report) in by_target.items():
+    for target in TARGETS:
+        fused, report = fuse_model(decomposed, target)
         forms = {site.form for site in report.fused}
-        (form,) = forms if len(forms) == 1 else (f"target:{target}",)
-        if form not in dict(graphs):
-            graphs.append((form, fused))
-        targets[target] = form
-    return graphs, targets
-
-
-def _session(ort, model: onnx.ModelProto, provider: str, threads: int):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), options, providers=[PROVIDERS[provider]])
-
-
-def _measure(network, provider, shape, sessions, module, options) -> dict:
-    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    runners: dict[str, Runner] = {
-        name: (lambda s=session: s.run(None, {"input": x})) for name, session in sessions.items()
+        (variant,) = forms if len(forms) == 1 else (f"target:{target}",)
+        graphs.setdefault(variant, fused)
+        targets[target] = variant
+    paths = {
+        name: str(_save(graph, folder / f"{i}.onnx"))
+        for i, (name, graph) in enumerate(graphs.items())
     }
-    if provider == "cpu":
-        tensor = torch.from_numpy(x)
-        runners["eager"] = lambda: _eager(module, tensor)
-        if network.name == "ln2d":
-            copy = torch.empty_like(tensor)
-            runners["copy"] = lambda: copy.copy_(tensor)
-    times = _interleaved(runners, options.seconds)
-    medians = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    paths[CONTROL] = paths[DECOMPOSED]
+    if network.tune:
+        paths["tuned"] = _tuned(paths[DECOMPOSED], folder / "tuned.onnx", shapes, options)
+        targets["tune"] = "tuned"
+    return paths, targets
+
+
+def _lowers(form: str, site) -> bool:
+    return exists_at(form, site.opset) and (form != "centred_conv" or site.centrable)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> str:
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _tuned(source: str, out: Path, shapes: list[list[int]], options: BenchOptions) -> str:
+    """What ``ln2d fuse --tune`` picks at the grid's shapes, run as a user runs it."""
+    command = [sys.executable, "-m", "ln2d", "fuse", source, "-o", str(out), "--tune"]
+    command += [f"--threads={options.threads}", "--no-progress"]
+    for shape in shapes:
+        command += ["--shape", ",".join(map(str, shape))]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UserError(f"ln2d fuse --tune failed: {done.stderr.strip().splitlines()[-1]}")
+    return str(out)
+
+
+def _onnxruntime_phase(jobs: list[dict], options: BenchOptions, folder: Path) -> list[dict]:
+    spec, out = folder / "spec.json", folder / "timings.json"
+    worker_jobs = [
+        {k: job[k] for k in ("id", "network", "provider", "models", "shapes")} for job in jobs
+    ]
+    settings = {"threads": options.threads, "seconds": options.seconds}
+    spec.write_text(json.dumps({"jobs": worker_jobs, **settings, "progress": options.progress}))
+    done = subprocess.run([sys.executable, "-m", "export.bench_worker", str(spec), str(out)])
+    if done.returncode != 0:
+        raise UserError("the ONNX Runtime timing subprocess failed (its error is above)")
+    return json.loads(out.read_text())
+
+
+def _point(job: dict, timed: dict) -> dict:
+    medians = timed["median_ms"]
     point = {
-        "network": network.name,
-        "provider": provider,
-        "shape": list(shape),
+        "network": job["network"],
+        "provider": job["provider"],
+        "shape": timed["shape"],
         "median_ms": medians,
-        "runs": len(next(iter(times.values()))),
+        "targets": job["targets"],
+        "aa_ratio": timing.aa_ratio(medians, DECOMPOSED),
     }
-    if network.name == "ln2d":
-        moved = 2 * x.nbytes  # read x once, write y once: the least any LN2d must move
-        point["gb_per_s"] = {name: moved / (ms * 1e6) for name, ms in medians.items()}
+    point["noisy"] = timing.noisy(point["aa_ratio"])
     return point
+
+
+def _eager_phase(networks, results: list[dict], options: BenchOptions) -> None:
+    """PyTorch eager (and a copy of x, for a bare norm), added to each cpu point."""
+    torch.set_num_threads(options.threads)
+    modules = {(n.name, c): build(n, c) for n, c in networks}
+    cpu = [p for p in results if p["provider"] == "cpu"]
+    for point in tqdm(cpu, desc="eager", disable=not options.progress):
+        module = modules[(point["network"], point["shape"][1])]
+        point["median_ms"].update(_eager_timings(point, module, options.seconds))
+        if point["network"] == "ln2d":
+            moved = 2 * math.prod(point["shape"]) * 4  # read x once, write y once: the least
+            point["gb_per_s"] = {k: moved / (ms * 1e6) for k, ms in point["median_ms"].items()}
+
+
+def _eager_timings(point: dict, module: torch.nn.Module, seconds: float) -> dict[str, float]:
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(point["shape"], np.float32))
+    runners = {"eager": lambda: _eager(module, x)}
+    if point["network"] == "ln2d":
+        copy = torch.empty_like(x)
+        runners["copy"] = lambda: copy.copy_(x)
+    return timing.interleaved(runners, seconds)
 
 
 def _eager(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return module(x)
-
-
-def _interleaved(runners: dict[str, Runner], seconds: float) -> dict[str, list[float]]:
-    """Time each runner once per round, round after round, until the budget is spent."""
-    for runner in runners.values():  # warm-up: allocations, kernel selection
-        runner()
-        runner()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    deadline = time.perf_counter() + seconds * len(runners)
-    rounds = 0
-    while rounds < 5 or (time.perf_counter() < deadline and rounds < 1000):
-        for name, runner in runners.items():
-            started = time.perf_counter()
-            runner()
-            times[name].append(time.perf_counter() - started)
-        rounds += 1
-    return times
 
 
 def _machine(threads: int) -> dict:
@@ -189,63 +233,82 @@ def _machine(threads: int) -> dict:
 
 
 def summary(report: dict) -> dict:
-    """The goals, per network on each provider, for the variant the cpu target picks."""
+    """The goals, per network on each provider, for the variant each target picks.
+
+    A point is slower than decomposed only beyond the run's noise: the largest distance of
+    the A/A control from 1 over that network's points."""
     out = {}
     for (network, provider), points in _groups(report["results"]).items():
-        speedups = [p["median_ms"]["decomposed"] / _target_ms(p) for p in points]
-        entry = {
-            "target_form": sorted({p["targets"]["cpu"] for p in points}),
-            "geomean_speedup_vs_decomposed": statistics.geometric_mean(speedups),
-            "points_slower_than_decomposed": sum(s < 1 for s in speedups),
-            "points": len(points),
-        }
-        if all("eager" in p["median_ms"] for p in points):
-            entry["points_slower_than_eager"] = sum(
-                _target_ms(p) > p["median_ms"]["eager"] for p in points
-            )
-        entry["norm_overhead_ratio"] = {
-            "x".join(map(str, p["shape"])): _overhead(p, p["targets"]["cpu"])
-            / _overhead(p, "decomposed")
-            for p in points
-        }
+        noise = max(abs(1 - p["aa_ratio"]) for p in points)
+        entry = {"aa_noise": noise, "noisy_points": sum(p["noisy"] for p in points)}
+        for target in ("cpu", "tune"):
+            if target not in points[0]["targets"]:
+                continue
+            speedups = [_speedup(p, p["targets"][target]) for p in points]
+            entry[target] = {
+                "variant": sorted({p["targets"][target] for p in points}),
+                "geomean_speedup_vs_decomposed": statistics.geometric_mean(speedups),
+                "points_slower_beyond_noise": sum(s < 1 - noise for s in speedups),
+                "points": len(points),
+                "norm_overhead_ratio": {
+                    "x".join(map(str, p["shape"])): _overhead(p, p["targets"][target])
+                    / _overhead(p, DECOMPOSED)
+                    for p in points
+                },
+            }
+            if all("eager" in p["median_ms"] for p in points):
+                entry[target]["points_slower_than_eager"] = sum(
+                    p["median_ms"][p["targets"][target]] > p["median_ms"]["eager"] for p in points
+                )
         out[f"{network} on {provider}"] = entry
     return out
 
 
 def table(report: dict) -> str:
+    machine = report["machine"]
     lines = [
-        f"ln2d bench, {report['date']}: {report['machine']['cpu']}, "
-        f"{report['machine']['threads']} threads, onnxruntime {report['machine']['onnxruntime']}, "
-        f"torch {report['machine']['torch']}. Median ms (speed-up over decomposed)."
+        f"ln2d bench, {report['date']}: {machine['cpu']}, {machine['threads']} threads, "
+        f"onnxruntime {machine['onnxruntime']}, torch {machine['torch']}. Median ms "
+        f"(speed-up over decomposed); A/A is decomposed over its second session, "
+        f"! when further than {timing.AA_LIMIT:.0%} from 1."
     ]
     lines += [f"{p}: skipped, {why}" for p, why in report["skipped_providers"].items()]
     for (network, provider), points in _groups(report["results"]).items():
-        variants = list(points[0]["median_ms"])
-        head = ["shape", *variants, "cpu target"]
+        variants = [v for v in points[0]["median_ms"] if v != CONTROL]
+        head = ["shape", "A/A", *variants, "cpu target"]
         if network == "ln2d":
             head.append("GB/s target / copy")
         lines += ["", f"### {network} on {provider}", "", _row(head), _row(["---"] * len(head))]
         for p in points:
-            ms, base = p["median_ms"], p["median_ms"]["decomposed"]
-            row = ["x".join(map(str, p["shape"]))]
+            ms, base = p["median_ms"], p["median_ms"][DECOMPOSED]
+            row = ["x".join(map(str, p["shape"])), f"{p['aa_ratio']:.3f}" + "!" * p["noisy"]]
             row += [f"{ms[v]:.3f} ({base / ms[v]:.2f}x)" for v in variants]
             row.append(p["targets"]["cpu"])
-            if network == "ln2d":
+            if network == "ln2d" and "gb_per_s" in p:
                 gbs = p["gb_per_s"]
-                row.append(f"{gbs[p['targets']['cpu']]:.1f} / {gbs.get('copy', 0):.1f}")
+                row.append(f"{gbs[p['targets']['cpu']]:.1f} / {gbs['copy']:.1f}")
             lines.append(_row(row))
-    lines += ["", "### Summary (cpu target)", ""]
+    lines += ["", "### Summary", ""]
     for name, entry in summary(report).items():
-        overheads = ", ".join(f"{k}: {v:.2f}" for k, v in entry["norm_overhead_ratio"].items())
-        eager = entry.get("points_slower_than_eager")
         lines.append(
-            f"- {name}: {'/'.join(entry['target_form'])}, geomean "
-            f"{entry['geomean_speedup_vs_decomposed']:.2f}x over decomposed, slower than "
-            f"decomposed at {entry['points_slower_than_decomposed']}/{entry['points']} points"
-            + (f", slower than eager at {eager}" if eager is not None else "")
-            + f"; norm overhead vs decomposed's: {overheads}"
+            f"- {name}: A/A noise {entry['aa_noise']:.1%}, {entry['noisy_points']} noisy point(s)"
         )
+        for target in ("cpu", "tune"):
+            if target in entry:
+                lines.append(_summary_line(target, entry[target]))
     return "\n".join(lines)
+
+
+def _summary_line(target: str, entry: dict) -> str:
+    overheads = ", ".join(f"{k}: {v:.2f}" for k, v in entry["norm_overhead_ratio"].items())
+    eager = entry.get("points_slower_than_eager")
+    return (
+        f"  - {target}: {'/'.join(entry['variant'])}, geomean "
+        f"{entry['geomean_speedup_vs_decomposed']:.2f}x over decomposed, slower beyond the "
+        f"noise at {entry['points_slower_beyond_noise']}/{entry['points']} points"
+        + (f", slower than eager at {eager}" if eager is not None else "")
+        + f"; norm overhead vs decomposed's: {overheads}"
+    )
 
 
 def _groups(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
@@ -255,8 +318,8 @@ def _groups(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
-def _target_ms(point: dict) -> float:
-    return point["median_ms"][point["targets"]["cpu"]]
+def _speedup(point: dict, variant: str) -> float:
+    return point["median_ms"][DECOMPOSED] / point["median_ms"][variant]
 
 
 def _overhead(point: dict, variant: str) -> float:

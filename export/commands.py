@@ -184,14 +184,17 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         help="time every fused LayerNorm2d form against the decomposed graph, per provider",
         description="For each network and grid point (N, C, S, S), time the decomposed "
         "export, the same network without its norms, every fused form, what each --target "
-        "picks, and PyTorch eager, interleaved; report medians, ratios to decomposed, and the "
-        "LN2d's effective GB/s beside a copy. Prints markdown tables; --json writes all.",
+        "picks and (convnext-atto) what fuse --tune picks, side by side in a torch-free "
+        "subprocess with spinning off, a shuffled order and an A/A control (decomposed "
+        "twice); then PyTorch eager in a phase of its own. Reports medians, ratios to "
+        "decomposed and the LN2d's effective GB/s beside a copy. convnext-atto runs at "
+        "224x224, batch 1 and 8, whatever the grid. Prints markdown tables; --json writes all.",
     )
     bench.add_argument(
         "--model",
         type=_names,
-        default=("ln2d", "convnext-block", "simple"),
-        help="comma list of ln2d, convnext-block, simple (default: all)",
+        default=("ln2d", "convnext-block", "simple", "convnext-atto"),
+        help="comma list of ln2d, convnext-block, simple, convnext-atto (default: all)",
     )
     bench.add_argument("--providers", type=_names, default=("cpu", "cuda"), help="cpu,cuda")
     bench.add_argument("--batch", type=int_list, default=(1, 8, 32), help="e.g. 1,8,32")
@@ -211,7 +214,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from export.bench import BenchOptions, run, table
     from export.bench_models import NETWORKS
-    from export.parity import PROVIDERS
+    from export.timing import PROVIDERS
     from serve.cpu_quota import available_cpus
 
     unknown = sorted(set(args.model) - set(NETWORKS)) + sorted(set(args.providers) - set(PROVIDERS))

@@ -1,0 +1,47 @@
+"""The ONNX Runtime half of ``ln2d bench``, run as ``python -m export.bench_worker SPEC OUT``.
+
+A process of its own that never imports torch, so that no OpenMP worker of torch's is
+spinning while a session is timed. SPEC (JSON) lists jobs: a provider, the ONNX files of the
+variants by name (the A/A control names the same file twice) and the input shapes to time.
+OUT gets each job's medians per shape.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from export import timing
+
+
+def main(argv: list[str]) -> int:
+    spec_path, out_path = map(Path, argv)
+    spec = json.loads(spec_path.read_text())
+    total = sum(len(job["shapes"]) for job in spec["jobs"])
+    bar = tqdm(total=total, desc="onnxruntime", disable=not spec["progress"])
+    results = []
+    for job in spec["jobs"]:
+        sessions = {
+            name: timing.session(path, spec["threads"], job["provider"])
+            for name, path in job["models"].items()
+        }
+        for index, shape in enumerate(job["shapes"]):
+            bar.set_postfix_str(f"{job['network']} {job['provider']} {shape}")
+            x = np.random.default_rng(index).standard_normal(shape, dtype=np.float32)
+            runners = {
+                name: timing.runner(s, {s.get_inputs()[0].name: x}) for name, s in sessions.items()
+            }
+            medians = timing.interleaved(runners, spec["seconds"], seed=index)
+            results.append({"job": job["id"], "shape": shape, "median_ms": medians})
+            bar.update()
+    bar.close()
+    out_path.write_text(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
