@@ -38,9 +38,7 @@ def raise_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """The model converted up to ``opset`` by onnx's version converter (never down)."""
     current = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if opset < current:
-        raise UserError(
-            f"--opset {opset} is below the model's {current}: only raising is supported"
-        )
+        raise UserError(f"--opset {opset} is below the model's {current}: it can only be raised")
     if opset == current:
         return model
     try:

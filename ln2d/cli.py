@@ -2,7 +2,8 @@
 
 Each package (``ln2d``, ``export``, ``serve``) lists its subcommands under the ``ln2d.commands``
 entry-point group, so this module depends on none of them, and a serving install without torch
-still gets ``ln2d serve``. Exit codes: 0 success, 1 a check failed (parity), 2 bad input.
+still gets ``ln2d serve``. Exit codes: 0 success, 1 a check failed (parity, the fusion gate),
+2 bad input.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from ln2d import __version__
-from ln2d.errors import UserError
+from ln2d.errors import CheckFailed, UserError
 
+EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -36,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except UserError as exc:
         print(f"ln2d {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_CHECK_FAILED if isinstance(exc, CheckFailed) else EXIT_BAD_INPUT
     except ModuleNotFoundError as exc:
         print(
             f"ln2d {args.command}: error: missing module {exc.name!r}; install the extra "

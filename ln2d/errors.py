@@ -11,6 +11,10 @@ class UserError(Exception):
     """Bad input from the user: a missing or corrupt file, a wrong flag, a shape mismatch."""
 
 
+class CheckFailed(UserError):
+    """A check the command exists to make did not pass (exit 1, not 2): nothing was written."""
+
+
 @contextmanager
 def writing(path: Path) -> Iterator[Path]:
     """Create ``path``'s folder, and turn a failed write into one readable line."""

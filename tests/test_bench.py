@@ -1,5 +1,6 @@
-"""``ln2d bench`` runs for real on a tiny grid: every variant is timed, the table and the JSON
-agree, and the variant each target picks is named. (Speed itself is the benchmark's business.)"""
+"""``ln2d bench`` runs for real on a tiny grid: every variant is timed, the A/A control is there,
+the table and the JSON agree, and the variant each target picks is named. (Speed itself is the
+benchmark's business.)"""
 
 from __future__ import annotations
 
@@ -23,8 +24,13 @@ def test_bench_times_every_variant_and_writes_json(tmp_path):
     assert set(by_network) == {"ln2d", "simple"}
     ln2d, simple = by_network["ln2d"], by_network["simple"]
     assert ln2d["shape"] == [2, 8, 8, 8] and simple["shape"] == [2, 3, 8, 8]
-    for variant in ("decomposed", "no-norm", "transpose_layernorm", "channel_moments", "eager"):
+    timed = ("decomposed", "decomposed (A/A)", "no-norm", "transpose_layernorm", "eager")
+    for variant in timed:
         assert ln2d["median_ms"][variant] > 0 and simple["median_ms"][variant] > 0
+    for point in (ln2d, simple):
+        ms = point["median_ms"]
+        assert point["aa_ratio"] == ms["decomposed"] / ms["decomposed (A/A)"]
+        assert point["noisy"] == (abs(point["aa_ratio"] - 1) > 0.05)
     assert "copy" in ln2d["gb_per_s"] and "centred_conv" in simple["median_ms"]
     assert simple["targets"] == {
         "cpu": "centred_conv",
@@ -32,7 +38,8 @@ def test_bench_times_every_variant_and_writes_json(tmp_path):
         "portable": "transpose_layernorm",
     }
     assert ln2d["targets"]["cpu"] == "reduce_moments"  # a bare norm has no Conv to fold into
-    assert "### simple on cpu" in result.stdout and "### Summary (cpu target)" in result.stdout
+    assert "### simple on cpu" in result.stdout and "### Summary" in result.stdout
+    assert "| shape | A/A | decomposed |" in result.stdout
     assert "cuda: skipped, provider not available" in result.stdout or "on cuda" in result.stdout
 
 

@@ -84,6 +84,21 @@ def test_parity_passes_and_reports(exported, digits_checkpoint, tmp_path):
     )
 
 
+def test_parity_zero_tolerance_means_exact(exported, digits_checkpoint, tmp_path):
+    path, _ = exported
+    out = tmp_path / "parity.json"
+    result = run_cli(
+        "parity", str(digits_checkpoint), str(path), "--atol", "0", "--rtol", "0",
+        "--json", str(out),
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert (report["atol"], report["rtol"]) == (0, 0)
+    # fp32 PyTorch and ONNX Runtime sum in other orders: not bit-equal, so exact parity fails.
+    torch_vs = report["comparisons"][0]
+    assert torch_vs["max_abs"] > 0 and torch_vs["status"] == "FAIL"
+    assert result.returncode == 1
+
+
 def test_parity_requested_cuda_never_passes_silently(exported, digits_checkpoint):
     import onnxruntime as ort
 

@@ -8,10 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from export.commands import TARGETS as CLI_TARGETS
 from export.fusion import fuse_model
 from export.fusion.forms import FORMS
-from export.fusion.targets import TARGETS
 from ln2d import LayerNorm2d
 from tests import norm_styles
 from tests.onnx_helpers import export, run
@@ -136,7 +134,3 @@ def test_a_pure_fp16_norm_gets_fp32_statistics(form):
     assert got.dtype == np.float16
     reference = module.float()(x.float()).detach().numpy()
     np.testing.assert_allclose(got.astype(np.float32), reference, atol=4e-3, rtol=4e-3)
-
-
-def test_cli_targets_are_the_library_targets():
-    assert tuple(TARGETS) == CLI_TARGETS

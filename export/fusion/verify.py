@@ -11,7 +11,7 @@ import onnx
 
 from export.fusion.report import FusionReport
 from export.numerics import close, tolerance
-from ln2d.errors import UserError
+from ln2d.errors import CheckFailed
 
 # Sizes given to symbolic dimensions, per probe: (the first dimension, every other one).
 # Two probes, so a graph that only works at its export shape is caught; the fallbacks serve
@@ -19,7 +19,7 @@ from ln2d.errors import UserError
 PROBES = ((1, (32, 32)), (2, (48, 40)), (1, (64, 64)), (2, (96, 80)), (1, (224, 224)))
 
 
-class FusionError(UserError):
+class FusionError(CheckFailed):
     """The fused model failed the gate: nothing is written."""
 
 
