@@ -53,6 +53,7 @@ class BenchOptions:
     seconds: float  # per variant and grid point
     threads: int
     progress: bool = True
+    profile: bool = False  # ONNX Runtime's per-op profile of decomposed, no-norm and picks
 
 
 def run(options: BenchOptions) -> dict:
@@ -79,6 +80,7 @@ def run(options: BenchOptions) -> dict:
                         "models": models,
                         "shapes": shapes,
                         "targets": targets,
+                        "profile": _profiled(targets) if options.profile else [],
                     }
                 )
         timed = _onnxruntime_phase(jobs, options, Path(tmp))
@@ -166,11 +168,8 @@ def _tuned(source: str, out: Path, shapes: list[list[int]], options: BenchOption
 
 def _onnxruntime_phase(jobs: list[dict], options: BenchOptions, folder: Path) -> list[dict]:
     spec, out = folder / "spec.json", folder / "timings.json"
-    worker_jobs = [
-        {k: job[k] for k in ("id", "network", "provider", "models", "shapes")} for job in jobs
-    ]
     settings = {"threads": options.threads, "seconds": options.seconds}
-    spec.write_text(json.dumps({"jobs": worker_jobs, **settings, "progress": options.progress}))
+    spec.write_text(json.dumps({"jobs": jobs, **settings, "progress": options.progress}))
     done = subprocess.run([sys.executable, "-m", "export.bench_worker", str(spec), str(out)])
     if done.returncode != 0:
         raise UserError("the ONNX Runtime timing subprocess failed (its error is above)")
@@ -188,7 +187,14 @@ def _point(job: dict, timed: dict) -> dict:
         "aa_ratio": timing.aa_ratio(medians, DECOMPOSED),
     }
     point["noisy"] = timing.noisy(point["aa_ratio"])
+    if "profile_us" in timed:
+        point["profile_us"] = timed["profile_us"]
     return point
+
+
+def _profiled(targets: dict[str, str]) -> list[str]:
+    picks = [targets["cpu"]] + ([targets["tune"]] if "tune" in targets else [])
+    return list(dict.fromkeys([DECOMPOSED, "no-norm", *picks]))
 
 
 def _eager_phase(networks, results: list[dict], options: BenchOptions) -> None:
@@ -288,6 +294,7 @@ def table(report: dict) -> str:
                 gbs = p["gb_per_s"]
                 row.append(f"{gbs[p['targets']['cpu']]:.1f} / {gbs['copy']:.1f}")
             lines.append(_row(row))
+    lines += _profile_tables(report["results"])
     lines += ["", "### Summary", ""]
     for name, entry in summary(report).items():
         lines.append(
@@ -297,6 +304,18 @@ def table(report: dict) -> str:
             if target in entry:
                 lines.append(_summary_line(target, entry[target]))
     return "\n".join(lines)
+
+
+def _profile_tables(results: list[dict], top: int = 8) -> list[str]:
+    """ONNX Runtime's per-op time, the ``top`` op types of each profiled variant."""
+    lines = []
+    for point in (p for p in results if "profile_us" in p):
+        shape = "x".join(map(str, point["shape"]))
+        lines += ["", f"Per-op profile, {point['network']} {shape} (µs per run):", ""]
+        for variant, ops in point["profile_us"].items():
+            cells = ", ".join(f"{op} {us:.0f}" for op, us in list(ops.items())[:top])
+            lines.append(f"- {variant} ({sum(ops.values()):.0f} in all): {cells}")
+    return lines
 
 
 def _summary_line(target: str, entry: dict) -> str:

@@ -2,8 +2,8 @@
 
 A process of its own that never imports torch, so that no OpenMP worker of torch's is
 spinning while a session is timed. SPEC (JSON) lists jobs: a provider, the ONNX files of the
-variants by name (the A/A control names the same file twice) and the input shapes to time.
-OUT gets each job's medians per shape.
+variants by name (the A/A control names the same file twice), the input shapes to time and
+the variants to profile, if any. OUT gets each job's medians (and profiles) per shape.
 """
 
 from __future__ import annotations
@@ -32,11 +32,16 @@ def main(argv: list[str]) -> int:
         for index, shape in enumerate(job["shapes"]):
             bar.set_postfix_str(f"{job['network']} {job['provider']} {shape}")
             x = np.random.default_rng(index).standard_normal(shape, dtype=np.float32)
-            runners = {
-                name: timing.runner(s, {s.get_inputs()[0].name: x}) for name, s in sessions.items()
-            }
+            feeds = {next(iter(sessions.values())).get_inputs()[0].name: x}
+            runners = {name: timing.runner(s, feeds) for name, s in sessions.items()}
             medians = timing.interleaved(runners, spec["seconds"], seed=index)
-            results.append({"job": job["id"], "shape": shape, "median_ms": medians})
+            point = {"job": job["id"], "shape": shape, "median_ms": medians}
+            if job["provider"] == "cpu" and job["profile"]:
+                point["profile_us"] = {
+                    name: timing.op_profile(job["models"][name], feeds, spec["threads"])
+                    for name in job["profile"]
+                }
+            results.append(point)
             bar.update()
     bar.close()
     out_path.write_text(json.dumps(results))

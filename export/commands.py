@@ -206,6 +206,11 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--threads", type=int, default=0, help="intra-op threads (0 = the CPU quota's cores)"
     )
+    bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print ONNX Runtime's per-op profile of decomposed, no-norm and the picks",
+    )
     bench.add_argument("--json", type=Path, help="write the results as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.set_defaults(run=run_bench, extra="export,cpu")
@@ -231,6 +236,7 @@ def run_bench(args: argparse.Namespace) -> int:
         args.seconds,
         args.threads or available_cpus(),
         progress=not args.no_progress,
+        profile=args.profile,
     )
     report = run(options)
     print(table(report))

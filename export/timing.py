@@ -39,6 +39,36 @@ def session(model: bytes | str, threads: int, provider: str = "cpu"):
     return ort.InferenceSession(model, options, providers=[PROVIDERS[provider]])
 
 
+def op_profile(model: str, feeds: dict[str, np.ndarray], threads: int, runs: int = 20) -> dict:
+    """ONNX Runtime's own profiler: mean microseconds per run spent in each op type's kernels
+    (after two warm-up runs), the layout reorders of its NCHWc transformer included."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as folder:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(folder, "ort")
+        profiled = ort.InferenceSession(model, options, providers=[PROVIDERS["cpu"]])
+        for _ in range(runs + 2):
+            profiled.run(None, feeds)
+        with open(profiled.end_profiling()) as trace:
+            events = json.load(trace)
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    skip = 2 * len(kernels) // (runs + 2)  # the warm-up runs' kernels come first
+    total: dict[str, float] = {}
+    for event in kernels[skip:]:
+        op = event["args"]["op_name"]
+        total[op] = total.get(op, 0.0) + event["dur"] / runs
+    return dict(sorted(total.items(), key=lambda item: -item[1]))
+
+
 def runner(model_session, feeds: dict[str, np.ndarray]) -> Runner:
     return lambda: model_session.run(None, feeds)
 
