@@ -125,7 +125,7 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
     if not sites:
         raise UserError(f"{network.name}: no LayerNorm2d site fused")
     for form in FORMS:
-        if form != DECOMPOSED and all(_lowers(form, site) for site in sites):
+        if all(_lowers(form, site) for site in sites):
             graphs[form] = lower(matched, {site.name: form for site in sites})[0]
     targets = {}
     for target in TARGETS:

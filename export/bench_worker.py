@@ -25,11 +25,13 @@ def main(argv: list[str]) -> int:
     bar = tqdm(total=total, desc="onnxruntime", disable=not spec["progress"])
     results = []
     for job in spec["jobs"]:
-        sessions = {
-            name: timing.session(path, spec["threads"], job["provider"])
-            for name, path in job["models"].items()
-        }
         for index, shape in enumerate(job["shapes"]):
+            # Fresh sessions per shape: a session's memory arena remembers the shapes it ran
+            # before, and that history, not the graph, then decides some of the timings.
+            sessions = {
+                name: timing.session(path, spec["threads"], job["provider"])
+                for name, path in job["models"].items()
+            }
             bar.set_postfix_str(f"{job['network']} {job['provider']} {shape}")
             x = np.random.default_rng(index).standard_normal(shape, dtype=np.float32)
             feeds = {next(iter(sessions.values())).get_inputs()[0].name: x}

@@ -107,7 +107,7 @@ def test_tune_times_every_form_and_records_it(wrapped, tmp_path):
     (site,) = data["sites"]
     # Opset 15: no LayerNormalization; the original form is always a candidate.
     assert set(site["timings_ms"]) == {
-        "decomposed", "channel_moments", "reduce_moments", "conv_moments", "centred_conv",
+        "reduce_div", "channel_moments", "reduce_moments", "conv_moments", "centred_conv",
     }  # fmt: skip
     assert site["form"] in site["timings_ms"] and site["why"].startswith("tune: ")
     model = onnx.load(str(out))

@@ -163,7 +163,7 @@ def _name_sites(model: ir.Model, opset: int) -> list[Site]:
                 centrable=centrable(x),
                 producer=x.producer().op_type if x.producer() else "graph input",
                 opset=opset,
-                original="transpose_layernorm" if already else "decomposed",
+                original="transpose_layernorm" if already else "reduce_div",
             )
         )
     return sites

@@ -32,10 +32,11 @@ def transpose_layernorm(op, x, scale, bias, epsilon: float, opset: int) -> ir.Va
     return op.Transpose(y, perm=[0, 3, 1, 2])
 
 
-def decomposed(op, x, scale, bias, epsilon: float, opset: int) -> ir.Value:
-    """The norm as exporters write LayerNorm2d's forward: two ReduceMeans, a Div by the
-    standard deviation, then Mul and Add for the affine. A decomposed site's original form,
-    which the tuner always keeps among its candidates."""
+def reduce_div(op, x, scale, bias, epsilon: float, opset: int) -> ir.Value:
+    """The arithmetic exporters write for LayerNorm2d's forward, canonicalized: two
+    ReduceMeans, Mul for the square, a Div by the standard deviation, then Mul and Add for the
+    affine. A decomposed site's original form, which the tuner always keeps among its
+    candidates."""
     channels, mean_c = x.shape[1], partial(_reduce, opset=opset)
 
     def body(x, scale, bias):
@@ -190,7 +191,7 @@ def _in_fp32(op, x, scale, bias, body) -> ir.Value:
 
 
 FORMS: dict[str, Form] = {
-    "decomposed": decomposed,
+    "reduce_div": reduce_div,
     "transpose_layernorm": transpose_layernorm,
     "channel_moments": channel_moments,
     "reduce_moments": reduce_moments,

@@ -25,7 +25,7 @@ class Site:
     anchor: str | None = None  # the site's input value (fused) or its mean node (rejected)
     output: str | None = None  # the site's output value: same name before and after fusion
     opset: int | None = None  # the graph's default-domain opset, which bounds the forms
-    original: str | None = None  # the form it came in: "decomposed" | "transpose_layernorm"
+    original: str | None = None  # the form it came in: "reduce_div" | "transpose_layernorm"
     timings_ms: dict[str, float] | None = None  # --tune: median ms of the whole model per form
 
 
@@ -86,6 +86,8 @@ class FusionReport:
 
     def table(self) -> str:
         lines = [self.summary_line()]
+        if self.verification:
+            lines.append("  checked: " + _checks(self.verification))
         for s in self.sites:
             detail = (
                 s.reason
@@ -95,6 +97,17 @@ class FusionReport:
             )
             lines.append(f"  {s.name:<14} {s.status:<14} {detail}")
         return "\n".join(lines)
+
+
+def _checks(steps: dict) -> str:
+    """onnx.checker pass, onnxruntime pass, numerics pass at 1x3x32x32 and 2x3x48x40."""
+    parts = []
+    for step, result in steps.items():
+        if isinstance(result, dict):
+            shapes = " and ".join("x".join(map(str, s[0])) for s in result.get("shapes", []))
+            result = result["status"] + (f" at {shapes}" if shapes else "")
+        parts.append(f"{step} {result}")
+    return ", ".join(parts)
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:

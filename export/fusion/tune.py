@@ -5,9 +5,10 @@ Sites that sit in the same kind of context (same original form, producer op, cha
 whether a Conv can centre them) are tuned together, so that each trial changes enough of the
 model to measure. For each group, in graph order, every form that can lower it, its original
 form always among them, is timed inside the whole model with the other groups at their best so
-far; a form replaces the current one only when it is faster by more than ``MARGIN``. At the
-end the tuned model is timed against the input model itself, beside an A/A control, and the
-input comes back unchanged unless the tuned model beat it.
+far; a form replaces the current one only when it is faster by more than ``MARGIN`` over all
+shapes and slower at none. At the end the tuned model is timed against the input model itself,
+beside an A/A control, and the input comes back unchanged unless the tuned model beat it by
+the same rule.
 """
 
 from __future__ import annotations
@@ -50,11 +51,11 @@ def tune(matched: Matched, options: TuneOptions) -> tuple[onnx.ModelProto, Fusio
         models = {form: lower(matched, assignment)[0] for form, assignment in trial.items()}
         ms = _time(models, options)
         current = best[members[0].name]
-        winner = min(ms, key=ms.get)
-        chosen = winner if ms[winner] < (1 - MARGIN) * ms[current] else current
+        better = [form for form in ms if _beats(ms[form], ms[current])]
+        chosen = min(better, key=lambda form: _geomean(ms[form]), default=current)
         for site in members:
             best[site.name] = chosen
-            timings[site.name] = ms
+            timings[site.name] = {form: _geomean(times) for form, times in ms.items()}
         bar.update()
     fused, report = lower(matched, best)
     control = "input" + timing.AA_SUFFIX
@@ -94,18 +95,28 @@ def _forms(members: list[Site]) -> list[str]:
     ]
 
 
-def _time(models: dict[str, onnx.ModelProto], options: TuneOptions) -> dict[str, float]:
-    """Each model's median ms, as the geometric mean over the shapes."""
+def _time(models: dict[str, onnx.ModelProto], options: TuneOptions) -> dict[str, list[float]]:
+    """Each model's median ms at each shape, all models side by side."""
     sessions = {
         name: timing.session(m.SerializeToString(), options.threads) for name, m in models.items()
     }
-    logs: dict[str, float] = dict.fromkeys(models, 0.0)
+    medians: dict[str, list[float]] = {name: [] for name in models}
     for shape in options.shapes:
         feeds = _feeds(next(iter(sessions.values())), shape)
         runners = {name: timing.runner(s, feeds) for name, s in sessions.items()}
         for name, ms in timing.interleaved(runners, options.seconds).items():
-            logs[name] += math.log(ms) / len(options.shapes)
-    return {name: math.exp(total) for name, total in logs.items()}
+            medians[name].append(ms)
+    return medians
+
+
+def _geomean(times: list[float]) -> float:
+    return math.exp(sum(map(math.log, times)) / len(times))
+
+
+def _beats(new: list[float], old: list[float]) -> bool:
+    """More than MARGIN faster over all shapes, and slower at none of them."""
+    slower = any(n > o for n, o in zip(new, old, strict=True))
+    return not slower and _geomean(new) < (1 - MARGIN) * _geomean(old)
 
 
 def _feeds(model_session, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
@@ -116,15 +127,15 @@ def _feeds(model_session, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
 
 def _verdict(matched, fused, report, final, timings, options):
     """Keep the tuned model only if it beat the input model itself."""
-    ratio = final["tuned"] / final["input"]
+    kept = not _beats(final["tuned"], final["input"])
     report.tuning = {
         "shapes": [list(s) for s in options.shapes],
         "threads": options.threads,
-        "median_ms": final,  # geometric mean over the shapes
-        "tuned_over_input": ratio,
-        "aa_ratio": final["input"] / final["input" + timing.AA_SUFFIX],
+        "median_ms": final,  # per shape, in the order of "shapes"
+        "tuned_over_input": _geomean(final["tuned"]) / _geomean(final["input"]),
+        "aa_ratio": _geomean(final["input"]) / _geomean(final["input" + timing.AA_SUFFIX]),
+        "result": "input kept" if kept else "tuned",
     }
-    kept = ratio >= 1 - MARGIN
     for site in report.fused:
         site.timings_ms = timings[site.name]
         if kept:
@@ -132,7 +143,6 @@ def _verdict(matched, fused, report, final, timings, options):
             site.why = "tune: kept as it came; no assignment of forms beat the input model"
         else:
             site.why = f"tune: fastest of {len(timings[site.name])} forms in the whole model"
-    report.tuning["result"] = "input kept" if kept else "tuned"
     if kept:
         report.ops_after = report.ops_before
         return matched.source, report
