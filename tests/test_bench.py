@@ -37,7 +37,7 @@ def test_bench_times_every_variant_and_writes_json(tmp_path):
         "cuda": "transpose_layernorm",
         "portable": "transpose_layernorm",
     }
-    assert ln2d["targets"]["cpu"] == "reduce_moments"  # a bare norm has no Conv to fold into
+    assert ln2d["targets"]["cpu"] == "reduce_div"  # a bare norm has no Conv to fold into
     assert "### simple on cpu" in result.stdout and "### Summary" in result.stdout
     assert "| shape | A/A | decomposed |" in result.stdout
     assert "cuda: skipped, provider not available" in result.stdout or "on cuda" in result.stdout

@@ -24,7 +24,10 @@ def _cpu(site: Site) -> tuple[str, str]:
         )
     if site.centrable:
         return "centred_conv", "cpu: input is a Conv output, centred by its weights (no mean pass)"
-    return "reduce_moments", "cpu: decomposed's reductions, Mul for Pow and Div, affine in one pass"
+    return "reduce_div", (
+        "cpu: kept in its own arithmetic (Mul for Pow); no other form was faster in every "
+        "context measured (--tune measures this model)"
+    )
 
 
 def _layernorm(target: str) -> FormChoice:
