@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from export.bench_models import NETWORKS, build
+from ln2d.export.bench_models import NETWORKS, build
 
 TIMER = """
 import sys, time, numpy as np, onnxruntime as ort

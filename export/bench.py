@@ -7,7 +7,7 @@ Three phases, so that nothing measured pays for something else:
    target's pick and, for networks marked ``tune``, what ``ln2d fuse --tune`` picks (itself
    a torch-free subprocess) are written to a temporary folder.
 2. ONNX Runtime: a subprocess that never imports torch times every variant of a network side
-   by side (``export.timing``: spinning off, a new random order every round) and carries an
+   by side (``ln2d.export.timing``: spinning off, a new random order every round) and carries an
    A/A control, the decomposed graph loaded a second time.
 3. PyTorch eager (and, for a bare norm, a tensor copy), in this process, after all of it.
 """
@@ -31,14 +31,14 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from export import timing
-from export.bench_models import NETWORKS, Network, build, without_norms
-from export.fusion import fuse_model, lower, match
-from export.fusion.forms import FORMS, exists_at
-from export.fusion.targets import TARGETS
-from export.onnx_export import DEFAULT_OPSET, module_to_onnx
 from ln2d.errors import UserError
-from serve.cpu_quota import available_cpus
+from ln2d.export import timing
+from ln2d.export.bench_models import NETWORKS, Network, build, without_norms
+from ln2d.export.fusion import fuse_model, lower, match
+from ln2d.export.fusion.forms import FORMS, exists_at
+from ln2d.export.fusion.targets import TARGETS
+from ln2d.export.onnx_export import DEFAULT_OPSET, module_to_onnx
+from ln2d.serve.cpu_quota import available_cpus
 
 DECOMPOSED, CONTROL = "decomposed", "decomposed" + timing.AA_SUFFIX
 
@@ -170,7 +170,7 @@ def _onnxruntime_phase(jobs: list[dict], options: BenchOptions, folder: Path) ->
     spec, out = folder / "spec.json", folder / "timings.json"
     settings = {"threads": options.threads, "seconds": options.seconds}
     spec.write_text(json.dumps({"jobs": jobs, **settings, "progress": options.progress}))
-    done = subprocess.run([sys.executable, "-m", "export.bench_worker", str(spec), str(out)])
+    done = subprocess.run([sys.executable, "-m", "ln2d.export.bench_worker", str(spec), str(out)])
     if done.returncode != 0:
         raise UserError("the ONNX Runtime timing subprocess failed (its error is above)")
     return json.loads(out.read_text())

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.loadgen import LoadResult, http_request, run_load
-from serve.launcher import ServerProcess
-from serve.model import Model, ModelInfo
+from ln2d.export.loadgen import LoadResult, http_request, run_load
+from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.model import Model, ModelInfo
 
 
 @dataclass(frozen=True)

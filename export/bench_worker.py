@@ -1,4 +1,4 @@
-"""The ONNX Runtime half of ``ln2d bench``, run as ``python -m export.bench_worker SPEC OUT``.
+"""The ONNX Runtime half of ``ln2d bench``, run as ``python -m ln2d.export.bench_worker SPEC OUT``.
 
 A process of its own that never imports torch, so that no OpenMP worker of torch's is
 spinning while a session is timed. SPEC (JSON) lists jobs: a provider, the ONNX files of the
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from export import timing
+from ln2d.export import timing
 
 
 def main(argv: list[str]) -> int:

@@ -49,8 +49,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from export.onnx_export import DEFAULT_OPSET, export_checkpoint
-    from export.onnx_io import save_model
+    from ln2d.export.onnx_export import DEFAULT_OPSET, export_checkpoint
+    from ln2d.export.onnx_io import save_model
 
     checkpoint = load_from_args(args)
     opset = args.opset or DEFAULT_OPSET
@@ -103,9 +103,9 @@ def _add_fuse(commands: argparse._SubParsersAction) -> None:
 
 
 def run_fuse(args: argparse.Namespace) -> int:
-    from export import metadata
-    from export.fusion import lower, match, verify
-    from export.onnx_io import load_model, raise_opset, save_model
+    from ln2d.export import metadata
+    from ln2d.export.fusion import lower, match, verify
+    from ln2d.export.onnx_io import load_model, raise_opset, save_model
 
     if args.shape and not args.tune:
         raise UserError("--shape only applies with --tune")
@@ -124,8 +124,8 @@ def run_fuse(args: argparse.Namespace) -> int:
 
 
 def _tuned(matched, args: argparse.Namespace):
-    from export.fusion.tune import TuneOptions, default_shape, tune
-    from serve.cpu_quota import available_cpus
+    from ln2d.export.fusion.tune import TuneOptions, default_shape, tune
+    from ln2d.serve.cpu_quota import available_cpus
 
     shapes = tuple(args.shape or [default_shape(matched.source)])
     if any(len(s) != len(shapes[0]) or min(s) < 1 for s in shapes):
@@ -162,7 +162,7 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
 
 
 def run_parity(args: argparse.Namespace) -> int:
-    from export.parity import ParityOptions, run_parity_checks
+    from ln2d.export.parity import ParityOptions, run_parity_checks
 
     checkpoint = load_from_args(args)
     options = ParityOptions(
@@ -217,10 +217,10 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from export.bench import BenchOptions, run, table
-    from export.bench_models import NETWORKS
-    from export.timing import PROVIDERS
-    from serve.cpu_quota import available_cpus
+    from ln2d.export.bench import BenchOptions, run, table
+    from ln2d.export.bench_models import NETWORKS
+    from ln2d.export.timing import PROVIDERS
+    from ln2d.serve.cpu_quota import available_cpus
 
     unknown = sorted(set(args.model) - set(NETWORKS)) + sorted(set(args.providers) - set(PROVIDERS))
     if unknown:
@@ -268,7 +268,7 @@ def _add_triton_repo(commands: argparse._SubParsersAction) -> None:
 
 
 def run_triton_repo(args: argparse.Namespace) -> int:
-    from export.triton_repo import Batching, write_repository
+    from ln2d.export.triton_repo import Batching, write_repository
 
     flags = ("max_batch", "max_delay_ms", "max_queue", "timeout_s")
     batching = Batching(**{f: getattr(args, f) for f in flags if getattr(args, f) is not None})
@@ -303,7 +303,7 @@ def _add_bench_serve(commands: argparse._SubParsersAction) -> None:
 def run_bench_serve(args: argparse.Namespace) -> int:
     import shlex
 
-    from export.bench_serve import BenchOptions, run, table
+    from ln2d.export.bench_serve import BenchOptions, run, table
 
     if not args.model.is_file():
         raise UserError(f"model file not found: {args.model}")

@@ -13,12 +13,12 @@ import logging
 import onnx
 import torch
 
-from export import metadata
-from export.fusion import FusionReport, fuse_model
-from export.fusion.targets import DEFAULT_TARGET
 from ln2d import __version__
 from ln2d.checkpoint import Checkpoint
 from ln2d.errors import UserError
+from ln2d.export import metadata
+from ln2d.export.fusion import FusionReport, fuse_model
+from ln2d.export.fusion.targets import DEFAULT_TARGET
 
 INPUT_NAME = "input"  # float32 (N, C, H, W), normalised as the "ln2d.input" metadata says
 OUTPUT_NAME = "logits"  # float32 (N, num_classes), before softmax

@@ -15,13 +15,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export import metadata
-from export.numerics import close, tolerance
-from export.onnx_export import INPUT_NAME
-from export.onnx_io import load_model
-from export.timing import PROVIDERS
 from ln2d.checkpoint import Checkpoint
 from ln2d.errors import UserError
+from ln2d.export import metadata
+from ln2d.export.numerics import close, tolerance
+from ln2d.export.onnx_export import INPUT_NAME
+from ln2d.export.onnx_io import load_model
+from ln2d.export.timing import PROVIDERS
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class ParityReport:
 
 
 def run_parity_checks(checkpoint: Checkpoint, model_path: Path, options: ParityOptions):
-    from export.onnx_export import export_checkpoint
+    from ln2d.export.onnx_export import export_checkpoint
     from ln2d.training import predict_logits
 
     model = load_model(model_path)
@@ -184,7 +184,7 @@ def _compare(name, provider, actual, expected, atol, rtol) -> Comparison:
 def _site_outputs(model: onnx.ModelProto) -> list[str]:
     """Each fused site's output value: from the export's ``ln2d.fusion`` metadata, which
     names them for every form, else by fusing again (fused sites show as already fused)."""
-    from export.fusion import match
+    from ln2d.export.fusion import match
 
     summary = json.loads(metadata.read(model).get("fusion", "{}"))
     recorded = [s["output"] for s in summary.get("sites", []) if s["status"] != "rejected"]

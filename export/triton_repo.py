@@ -19,9 +19,9 @@ from pathlib import Path
 
 import onnx
 
-from export import metadata
-from export.onnx_io import load_model, save_model
 from ln2d.errors import UserError, writing
+from ln2d.export import metadata
+from ln2d.export.onnx_io import load_model, save_model
 
 LABELS_FILE = "labels.txt"
 

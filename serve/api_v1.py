@@ -9,10 +9,10 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from serve import images
-from serve.app import ServerState, refuse_compressed
-from serve.batcher import Result
-from serve.errors import ApiError
+from ln2d.serve import images
+from ln2d.serve.app import ServerState, refuse_compressed
+from ln2d.serve.batcher import Result
+from ln2d.serve.errors import ApiError
 
 
 class Prediction(BaseModel):

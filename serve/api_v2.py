@@ -10,8 +10,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from serve import v2
-from serve.app import ServerState, refuse_compressed
+from ln2d.serve import v2
+from ln2d.serve.app import ServerState, refuse_compressed
 
 # Parsing a JSON tensor this large would hold the event loop for milliseconds: use a thread.
 INLINE_PARSE_BYTES = 64 * 1024

@@ -23,14 +23,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from serve import images
-from serve.batcher import Batcher
-from serve.cpu_quota import available_cpus
-from serve.errors import ApiError
-from serve.metrics import Metrics
-from serve.middleware import BodyLimit, LoadShedding, RequestLog
-from serve.model import Model
-from serve.settings import Settings
+from ln2d.serve import images
+from ln2d.serve.batcher import Batcher
+from ln2d.serve.cpu_quota import available_cpus
+from ln2d.serve.errors import ApiError
+from ln2d.serve.metrics import Metrics
+from ln2d.serve.middleware import BodyLimit, LoadShedding, RequestLog
+from ln2d.serve.model import Model
+from ln2d.serve.settings import Settings
 
 log = logging.getLogger("ln2d.serve")
 
@@ -132,7 +132,7 @@ def refuse_compressed(request: Request) -> None:
 
 
 def create_app(settings: Settings, model: Model) -> FastAPI:
-    from serve import api_v1, api_v2, health, page
+    from ln2d.serve import api_v1, api_v2, health, page
 
     state = ServerState(settings, model)
 

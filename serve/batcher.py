@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.errors import ApiError
-from serve.metrics import Metrics
+from ln2d.serve.errors import ApiError
+from ln2d.serve.metrics import Metrics
 
 log = logging.getLogger("ln2d.serve")
 

@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from serve.client import DEFAULT_URL
-from serve.settings import ENV_PREFIX, Settings
+from ln2d.serve.client import DEFAULT_URL
+from ln2d.serve.settings import ENV_PREFIX, Settings
 
 EXIT_BAD_INPUT = 2
 
@@ -77,8 +77,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from serve.model import ModelLoadError
-    from serve.server import serve
+    from ln2d.serve.model import ModelLoadError
+    from ln2d.serve.server import serve
 
     given = {
         name: value
@@ -96,7 +96,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from serve.launcher import LaunchError, ServerProcess
+    from ln2d.serve.launcher import LaunchError, ServerProcess
 
     if args.serve is None:
         return _predict_all(args, args.url)
@@ -109,7 +109,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_all(args: argparse.Namespace, url: str) -> int:
-    from serve.client import ClientFailure, classify
+    from ln2d.serve.client import ClientFailure, classify
 
     token = os.environ.get(f"{ENV_PREFIX}TOKEN")
     status = 0

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from serve.app import ServerState
+from ln2d.serve.app import ServerState
 
 
 def router(state: ServerState) -> APIRouter:

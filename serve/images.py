@@ -13,8 +13,8 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
-from serve.errors import ApiError
-from serve.model import ModelInfo
+from ln2d.serve.errors import ApiError
+from ln2d.serve.model import ModelInfo
 
 # Pillow format name -> the media type a client declares for it.
 FORMATS = {

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve.metrics import Metrics
+from ln2d.serve.metrics import Metrics
 
 access_log = logging.getLogger("ln2d.access")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -9,10 +9,10 @@ from types import FrameType
 
 import uvicorn
 
-from serve.app import ServerState, create_app
-from serve.cpu_quota import available_cpus
-from serve.model import Model
-from serve.settings import Settings
+from ln2d.serve.app import ServerState, create_app
+from ln2d.serve.cpu_quota import available_cpus
+from ln2d.serve.model import Model
+from ln2d.serve.settings import Settings
 
 log = logging.getLogger("ln2d.serve")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.errors import ApiError
-from serve.model import ModelInfo
+from ln2d.serve.errors import ApiError
+from ln2d.serve.model import ModelInfo
 
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPE = "FP32"

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from serve.launcher import ServerProcess
+from ln2d.serve.launcher import ServerProcess
 from tests.test_docker import DOCKERFILES, image_command
 
 ROOT = Path(__file__).resolve().parents[1]

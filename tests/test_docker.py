@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
-from serve.launcher import ServerProcess
+from ln2d.serve.launcher import ServerProcess
 from tests.images import digit, png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,20 +40,36 @@ def image_command(dockerfile: Path) -> tuple[list[str], dict[str, str]]:
 
 @pytest.mark.slow
 def test_cpu_image_entrypoint_from_the_wheel_in_a_fresh_venv(digits_onnx, tmp_path):
-    wheels, venv = tmp_path / "wheels", tmp_path / "venv"
-    # The same wheel build as the image's first stage.
+    wheels, venv, context = tmp_path / "wheels", tmp_path / "venv", tmp_path / "src"
+    context.mkdir()
+    # The same wheel build as the image's first stage, from the files it copies (a build/ left
+    # in the checkout by an older layout cannot leak into the wheel).
+    for name in ("pyproject.toml", "README.md", "ln2d", "export", "serve"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, context / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels),
-         str(ROOT)],
+         str(context)],
         check=True,
     )  # fmt: skip
     (wheel,) = wheels.glob("ln2d-*.whl")
+    # One top-level name, ln2d: the export and serve folders install as ln2d.export, ln2d.serve.
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist() if ".dist-info" not in name}
+        assert "ln2d/serve/static/index.html" in archive.namelist()
+    assert tops == {"ln2d"}
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[serve,cpu]"], check=True)
     no_torch = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, text=True
     )
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    served = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sys, ln2d.serve.app; print(*sys.modules)"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert served.returncode == 0, served.stderr
+    assert "torch" not in served.stdout.split() and "ln2d.export" not in served.stdout
 
     entrypoint, env = image_command(DOCKERFILES[0])
     assert entrypoint == ["ln2d", "serve"]

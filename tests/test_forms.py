@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from export.fusion import fuse_model
-from export.fusion.forms import FORMS
 from ln2d import LayerNorm2d
+from ln2d.export.fusion import fuse_model
+from ln2d.export.fusion.forms import FORMS
 from tests import norm_styles
 from tests.onnx_helpers import export, run
 

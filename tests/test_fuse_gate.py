@@ -10,11 +10,11 @@ import onnx
 import pytest
 import torch
 
-from export import commands
-from export.fusion import FusionError, forms, fuse_model
-from export.fusion.targets import DEFAULT_TARGET, TARGETS
-from export.onnx_export import export_checkpoint
 from ln2d.cli import main
+from ln2d.export import commands
+from ln2d.export.fusion import FusionError, forms, fuse_model
+from ln2d.export.fusion.targets import DEFAULT_TARGET, TARGETS
+from ln2d.export.onnx_export import export_checkpoint
 from tests import norm_styles
 from tests.conftest import run_cli
 from tests.onnx_helpers import export, layernorm_nodes, run

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from export.fusion import fuse_model
+from ln2d.export.fusion import fuse_model
 from tests import norm_styles
 from tests.onnx_helpers import EXPORTERS, export, initializers, layernorm_nodes, run
 

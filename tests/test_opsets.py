@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.fusion import fuse_model
-from export.fusion.targets import TARGETS
+from ln2d.export.fusion import fuse_model
+from ln2d.export.fusion.targets import TARGETS
 from tests import norm_styles
 from tests.onnx_helpers import export, run
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ln2d.data import Preprocessing
-from serve.launcher import ServerProcess
+from ln2d.serve.launcher import ServerProcess
 from tests.images import digit, encode, png, png_header_only
 
 MODEL = "ln2d-layernorm2d"

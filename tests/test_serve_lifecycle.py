@@ -15,10 +15,10 @@ import httpx
 import onnx
 import pytest
 
-from export.loadgen import http_request, run_load
 from ln2d.data import Preprocessing
-from serve.cpu_quota import cgroup_quota
-from serve.launcher import ServerProcess
+from ln2d.export.loadgen import http_request, run_load
+from ln2d.serve.cpu_quota import cgroup_quota
+from ln2d.serve.launcher import ServerProcess
 from tests.conftest import run_cli
 from tests.images import digit, png
 
@@ -191,10 +191,13 @@ def test_predict_serve_starts_and_stops_its_own_server(digits_onnx, tmp_path):
     assert result.stdout.startswith(f"{image}: {digit(0)[1]} ")
 
 
-def test_serve_imports_neither_torch_nor_ln2d():
+def test_serve_imports_neither_torch_nor_the_model_library():
+    model_library = ("ln2d.layers", "ln2d.model", "ln2d.training", "ln2d.data", "ln2d.export")
     code = (
-        "import sys, serve.app, serve.server, serve.commands, serve.launcher, serve.client\n"
-        "bad = [m for m in ('torch', 'ln2d') if m in sys.modules]\n"
+        "import sys\n"
+        "import ln2d.serve.app, ln2d.serve.server, ln2d.serve.commands, ln2d.serve.launcher\n"
+        "import ln2d.serve.client\n"
+        f"bad = [m for m in sys.modules if m == 'torch' or m.startswith({model_library!r})]\n"
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -9,7 +9,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from serve.launcher import ServerProcess
+from ln2d.serve.launcher import ServerProcess
 
 MODEL = "ln2d-layernorm2d"
 

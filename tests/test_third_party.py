@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.fusion import fuse_model
+from ln2d.export.fusion import fuse_model
 from tests.onnx_helpers import export, run
 from tests.third_party import install_torchvision_placeholder
 

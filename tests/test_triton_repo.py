@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from export.triton_repo import render_pbtxt
+from ln2d.export.triton_repo import render_pbtxt
 from tests.conftest import run_cli
 
 

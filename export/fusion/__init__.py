@@ -19,14 +19,14 @@ import onnx_ir as ir
 from onnx_ir.passes import common as passes
 from onnxscript.rewriter import pattern
 
-from export.fusion.canonicalize import canonical_rules
-from export.fusion.diagnose import rejected_sites
-from export.fusion.forms import FORMS, centrable, exists_at
-from export.fusion.lowering import lowering_rules
-from export.fusion.patterns import DOMAIN, PLACEHOLDER, affine_rules, matching_rules
-from export.fusion.report import FusionReport, Site, op_histogram
-from export.fusion.targets import DEFAULT_TARGET, FormChoice, chooser
-from export.fusion.verify import FusionError, verify
+from ln2d.export.fusion.canonicalize import canonical_rules
+from ln2d.export.fusion.diagnose import rejected_sites
+from ln2d.export.fusion.forms import FORMS, centrable, exists_at
+from ln2d.export.fusion.lowering import lowering_rules
+from ln2d.export.fusion.patterns import DOMAIN, PLACEHOLDER, affine_rules, matching_rules
+from ln2d.export.fusion.report import FusionReport, Site, op_histogram
+from ln2d.export.fusion.targets import DEFAULT_TARGET, FormChoice, chooser
+from ln2d.export.fusion.verify import FusionError, verify
 
 __all__ = ["FusionError", "FusionReport", "Matched", "Site", "fuse_model", "lower", "match"]
 

@@ -21,7 +21,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter.rules.common import div_by_1_rule, mul_by_1_rule
 
-from export.fusion._ir import (
+from ln2d.export.fusion._ir import (
     expand_is_redundant,
     keepdims,
     rank,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from export.fusion._ir import rank
-from export.fusion.patterns import rejection
-from export.fusion.report import Site
+from ln2d.export.fusion._ir import rank
+from ln2d.export.fusion.patterns import rejection
+from ln2d.export.fusion.report import Site
 
 
 def _is_square_of(value: ir.Value) -> ir.Value | None:

@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 import onnx_ir as ir
 
-from export.fusion.patterns import new_initializer
+from ln2d.export.fusion.patterns import new_initializer
 
 Form = Callable[..., ir.Value]
 _LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from onnxscript.rewriter import pattern
 
-from export.fusion.forms import FORMS
-from export.fusion.patterns import DOMAIN
+from ln2d.export.fusion.forms import FORMS
+from ln2d.export.fusion.patterns import DOMAIN
 
 FormByName = Callable[[str], str]  # site name -> form name
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from export.fusion._ir import FLOAT_TYPES, const_array, keepdims, normalized_axes, scalar
+from ln2d.export.fusion._ir import FLOAT_TYPES, const_array, keepdims, normalized_axes, scalar
 
 DOMAIN = "ai.ln2d"
 PLACEHOLDER = "LayerNorm2d"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from export.fusion.forms import exists_at
-from export.fusion.report import Site
+from ln2d.export.fusion.forms import exists_at
+from ln2d.export.fusion.report import Site
 
 FormChoice = Callable[[Site], tuple[str, str]]  # site -> (form name, why)
 

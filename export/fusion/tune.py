@@ -22,10 +22,10 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from export import metadata, timing
-from export.fusion import Matched, lower
-from export.fusion.forms import FORMS, exists_at
-from export.fusion.report import FusionReport, Site
+from ln2d.export import metadata, timing
+from ln2d.export.fusion import Matched, lower
+from ln2d.export.fusion.forms import FORMS, exists_at
+from ln2d.export.fusion.report import FusionReport, Site
 
 MARGIN = 0.01  # a form must be this much faster (geomean over shapes) to replace another
 

@@ -9,9 +9,9 @@ import re
 import numpy as np
 import onnx
 
-from export.fusion.report import FusionReport
-from export.numerics import close, tolerance
 from ln2d.errors import CheckFailed
+from ln2d.export.fusion.report import FusionReport
+from ln2d.export.numerics import close, tolerance
 
 # Sizes given to symbolic dimensions, per probe: (the first dimension, every other one).
 # Two probes, so a graph that only works at its export shape is caught; the fallbacks serve
