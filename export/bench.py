@@ -31,6 +31,8 @@ import onnx
 import torch
 from tqdm import tqdm
 
+from ln2d.constants import PROVIDERS
+from ln2d.cpu_quota import available_cpus
 from ln2d.errors import UserError
 from ln2d.export import timing
 from ln2d.export.bench_models import NETWORKS, Network, build, without_norms
@@ -38,7 +40,6 @@ from ln2d.export.fusion import fuse_model, lower, match
 from ln2d.export.fusion.forms import FORMS, exists_at
 from ln2d.export.fusion.targets import TARGETS
 from ln2d.export.onnx_export import DEFAULT_OPSET, module_to_onnx
-from ln2d.serve.cpu_quota import available_cpus
 
 DECOMPOSED, CONTROL = "decomposed", "decomposed" + timing.AA_SUFFIX
 
@@ -60,7 +61,7 @@ def run(options: BenchOptions) -> dict:
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
-    providers = [p for p in options.providers if timing.PROVIDERS[p] in available]
+    providers = [p for p in options.providers if PROVIDERS[p] in available]
     skipped = {p: "provider not available" for p in options.providers if p not in providers}
     networks = list(_networks(options))
     with tempfile.TemporaryDirectory(prefix="ln2d-bench-") as tmp:

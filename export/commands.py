@@ -6,13 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ln2d.commands import add_checkpoint_arguments, int_list, load_from_args
+from ln2d.cli import int_list
+from ln2d.commands import add_checkpoint_arguments, load_from_args
+from ln2d.constants import DEFAULT_TARGET, PROVIDERS, TARGETS
 from ln2d.errors import UserError, writing
 
-# export.fusion.targets.TARGETS and DEFAULT_TARGET, named here so that registering commands
-# imports no onnx (tests hold the two equal).
-TARGETS = ("cpu", "cuda", "portable")
-DEFAULT_TARGET = "cpu"
 TARGET_HELP = (
     "runtime to fuse for: per site, a form ln2d bench measured never slower than the input's "
     "own form in its context, already-fused sites kept as they came (cpu); or one "
@@ -27,7 +25,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         _add_parity,
         _add_bench,
         _add_triton_repo,
-        _add_bench_serve,
     ):
         add(commands)
 
@@ -124,8 +121,8 @@ def run_fuse(args: argparse.Namespace) -> int:
 
 
 def _tuned(matched, args: argparse.Namespace):
+    from ln2d.cpu_quota import available_cpus
     from ln2d.export.fusion.tune import TuneOptions, default_shape, tune
-    from ln2d.serve.cpu_quota import available_cpus
 
     shapes = tuple(args.shape or [default_shape(matched.source)])
     if any(len(s) != len(shapes[0]) or min(s) < 1 for s in shapes):
@@ -217,10 +214,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from ln2d.cpu_quota import available_cpus
     from ln2d.export.bench import BenchOptions, run, table
     from ln2d.export.bench_models import NETWORKS
-    from ln2d.export.timing import PROVIDERS
-    from ln2d.serve.cpu_quota import available_cpus
 
     unknown = sorted(set(args.model) - set(NETWORKS)) + sorted(set(args.providers) - set(PROVIDERS))
     if unknown:
@@ -277,47 +273,6 @@ def run_triton_repo(args: argparse.Namespace) -> int:
     target = write_repository(args.model, args.repository, args.name, batching)
     print(f"wrote {target}/ (config.pbtxt, labels.txt, 1/model.onnx)")
     print(f"  tritonserver --model-repository {args.repository}")
-    return 0
-
-
-def _add_bench_serve(commands: argparse._SubParsersAction) -> None:
-    bench_serve = commands.add_parser(
-        "bench-serve",
-        help="load-test a real ln2d serve process beside raw ONNX Runtime",
-        description="Start ln2d serve for MODEL.onnx on a free loopback port and measure "
-        "/v1/classify (224x224 PNG photo) and v2 binary infer at each concurrency, an overload "
-        "run, and memory over a soak run. Prints a markdown table; --json writes everything.",
-    )
-    bench_serve.add_argument("model", type=Path, metavar="MODEL.onnx")
-    bench_serve.add_argument("--concurrency", type=int_list, default=(1, 8, 32), help="e.g. 1,8,32")
-    bench_serve.add_argument("--seconds", type=float, default=5.0, help="per measurement")
-    bench_serve.add_argument("--overload", type=int, default=256, help="overload concurrency")
-    bench_serve.add_argument("--soak", type=int, default=10_000, help="soak run requests")
-    bench_serve.add_argument(
-        "--server-args", default="", help="extra ln2d serve flags, e.g. '--max-batch 16'"
-    )
-    bench_serve.add_argument("--json", type=Path, help="write the results as JSON")
-    bench_serve.set_defaults(run=run_bench_serve, extra="export,serve,cpu")
-
-
-def run_bench_serve(args: argparse.Namespace) -> int:
-    import shlex
-
-    from ln2d.export.bench_serve import BenchOptions, run, table
-
-    if not args.model.is_file():
-        raise UserError(f"model file not found: {args.model}")
-    options = BenchOptions(
-        args.model,
-        args.concurrency,
-        args.seconds,
-        args.overload,
-        args.soak,
-        tuple(shlex.split(args.server_args)),
-    )
-    report = run(options)
-    print(table(report))
-    _write(args.json, json.dumps(report, indent=2))
     return 0
 
 

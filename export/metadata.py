@@ -10,17 +10,9 @@ import json
 
 import onnx
 
-PREFIX = "ln2d."
-KEYS = (
-    "name",  # model name for the server and the v2 protocol
-    "labels",  # JSON list of class names, index order
-    "input",  # JSON: channels, height, width, mean, std, layout, color
-    "architecture",  # JSON ModelConfig
-    "eps",  # the norm epsilon, repr of the float
-    "version",  # ln2d version that wrote the file
-    "checkpoint_sha256",  # sha256 of the source checkpoint file
-    "fusion",  # JSON fusion summary: sites, counts, forms, node counts
-)
+from ln2d.constants import METADATA_KEYS, METADATA_PREFIX
+
+PREFIX, KEYS = METADATA_PREFIX, METADATA_KEYS
 
 
 def write(model: onnx.ModelProto, values: dict[str, object]) -> None:

@@ -16,12 +16,12 @@ import onnx
 import onnxruntime as ort
 
 from ln2d.checkpoint import Checkpoint
+from ln2d.constants import PROVIDERS
 from ln2d.errors import UserError
 from ln2d.export import metadata
 from ln2d.export.numerics import close, tolerance
 from ln2d.export.onnx_export import INPUT_NAME
 from ln2d.export.onnx_io import load_model
-from ln2d.export.timing import PROVIDERS
 
 
 @dataclass(frozen=True)

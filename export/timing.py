@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+from ln2d.constants import PROVIDERS
+
 AA_SUFFIX = " (A/A)"  # the control variant's name: the same model's second session
 AA_LIMIT = 0.05  # an A/A ratio further from 1 than this marks the run as too noisy
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
+from ln2d.constants import Batching
 from ln2d.errors import UserError, writing
 from ln2d.export import metadata
 from ln2d.export.onnx_io import load_model, save_model
@@ -36,16 +36,6 @@ TRITON_TYPES = {
     onnx.TensorProto.INT64: "TYPE_INT64",
 }
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-@dataclass(frozen=True)
-class Batching:
-    """Triton's dynamic batcher, with the same defaults as ``ln2d serve``."""
-
-    max_batch: int = 32
-    max_delay_ms: float = 2.0
-    max_queue: int = 64  # requests waiting; beyond it Triton rejects (UNAVAILABLE / 503)
-    timeout_s: float = 10.0
 
 
 def write_repository(model_path: Path, repo: Path, name: str | None, batching: Batching) -> Path:

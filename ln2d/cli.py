@@ -20,6 +20,11 @@ EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type for "32,64,128", shared by every package's commands."""
+    return tuple(int(v) for v in text.split(","))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ln2d",

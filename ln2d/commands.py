@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ln2d.cli import int_list
+from ln2d.constants import NORMS
 from ln2d.errors import UserError
 
 DEFAULT_CHECKPOINT = Path("artifacts/model.safetensors")
@@ -22,7 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--norm",
         default="layernorm2d",
-        choices=["layernorm2d", "batchnorm", "groupnorm", "instancenorm", "none"],
+        choices=NORMS,
     )
     train.add_argument("--widths", type=int_list, default=(32, 64, 128), help="e.g. 32,64,128")
     train.add_argument("--eps", type=float, default=1e-6, help="norm epsilon")
@@ -197,11 +199,6 @@ def run_info(args: argparse.Namespace) -> int:
 
 def _fmt(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """argparse type for "32,64,128"."""
-    return tuple(int(v) for v in text.split(","))
 
 
 def _floats(text: str) -> tuple[float, ...]:

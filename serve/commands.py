@@ -1,5 +1,6 @@
-"""``ln2d serve`` and ``ln2d predict``. No torch, no ``ln2d`` imports: a serving install has
-neither. Errors print one line and return exit code 2, as the other commands do."""
+"""``ln2d serve``, ``ln2d predict`` and ``ln2d bench-serve``. No torch and nothing of the model
+library: a serving install has neither. Errors print one line and return exit code 2, as the
+other commands do."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from ln2d.cli import int_list
+from ln2d.errors import UserError, writing
 from ln2d.serve.client import DEFAULT_URL
 from ln2d.serve.settings import ENV_PREFIX, Settings
 
@@ -55,6 +58,51 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="start a temporary ln2d serve for MODEL.onnx on a free port, use it, and stop it",
     )
     predict.set_defaults(run=run_predict, extra="serve")
+    _add_bench_serve(commands)
+
+
+def _add_bench_serve(commands: argparse._SubParsersAction) -> None:
+    bench_serve = commands.add_parser(
+        "bench-serve",
+        help="load-test a real ln2d serve process beside raw ONNX Runtime",
+        description="Start ln2d serve for MODEL.onnx on a free loopback port and measure "
+        "/v1/classify (224x224 PNG photo) and v2 binary infer at each concurrency, an overload "
+        "run, and memory over a soak run. Prints a markdown table; --json writes everything.",
+    )
+    bench_serve.add_argument("model", type=Path, metavar="MODEL.onnx")
+    bench_serve.add_argument("--concurrency", type=int_list, default=(1, 8, 32), help="e.g. 1,8,32")
+    bench_serve.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    bench_serve.add_argument("--overload", type=int, default=256, help="overload concurrency")
+    bench_serve.add_argument("--soak", type=int, default=10_000, help="soak run requests")
+    bench_serve.add_argument(
+        "--server-args", default="", help="extra ln2d serve flags, e.g. '--max-batch 16'"
+    )
+    bench_serve.add_argument("--json", type=Path, help="write the results as JSON")
+    # The torch extra brings scikit-learn, whose sample photo is the request body.
+    bench_serve.set_defaults(run=run_bench_serve, extra="serve,cpu,torch")
+
+
+def run_bench_serve(args: argparse.Namespace) -> int:
+    import shlex
+
+    from ln2d.serve.bench_serve import BenchOptions, run, table
+
+    if not args.model.is_file():
+        raise UserError(f"model file not found: {args.model}")
+    options = BenchOptions(
+        args.model,
+        args.concurrency,
+        args.seconds,
+        args.overload,
+        args.soak,
+        tuple(shlex.split(args.server_args)),
+    )
+    report = run(options)
+    print(table(report))
+    if args.json is not None:
+        with writing(args.json):
+            args.json.write_text(json.dumps(report, indent=2))
+    return 0
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:

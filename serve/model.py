@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("ln2d.serve")
+from ln2d.constants import METADATA_PREFIX, PROVIDERS
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-METADATA_PREFIX = "ln2d."
+log = logging.getLogger("ln2d.serve")
 
 
 class ModelLoadError(Exception):
@@ -38,7 +37,6 @@ class ModelInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     scale: float
-    has_metadata: bool
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -149,7 +147,6 @@ def _from_metadata(meta: dict[str, str], model_input, model_output) -> ModelInfo
         mean=mean,
         std=std,
         scale=float(spec.get("scale", 1 / 255)),
-        has_metadata=True,
     )
 
 
@@ -172,5 +169,4 @@ def _from_graph(path: Path, model_input, model_output) -> ModelInfo:
         mean=(0.0,) * channels,
         std=(1.0,) * channels,
         scale=1 / 255,
-        has_metadata=False,
     )

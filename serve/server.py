@@ -9,8 +9,9 @@ from types import FrameType
 
 import uvicorn
 
-from ln2d.serve.app import ServerState, create_app
-from ln2d.serve.cpu_quota import available_cpus
+from ln2d.cpu_quota import available_cpus
+from ln2d.serve.app import create_app
+from ln2d.serve.dataplane import DataPlane
 from ln2d.serve.model import Model
 from ln2d.serve.settings import Settings
 
@@ -48,7 +49,7 @@ class DrainingServer(uvicorn.Server):
     """Marks the app not ready the moment SIGTERM/SIGINT arrives; uvicorn then stops accepting
     and waits up to ``timeout_graceful_shutdown`` for in-flight requests."""
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(self, config: uvicorn.Config, state: DataPlane) -> None:
         super().__init__(config)
         self.state = state
 

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ln2d.constants import BATCHING
+
 ENV_PREFIX = "LN2D_"
 
 
@@ -25,15 +27,22 @@ class Settings(BaseSettings):
     cpu_fallback: bool = Field(
         False, description="with --provider cuda, serve on CPU when CUDA is unavailable"
     )
-    max_batch: int = Field(32, ge=1, le=1024, description="largest batch sent to the model")
+    max_batch: int = Field(
+        BATCHING.max_batch, ge=1, le=1024, description="largest batch sent to the model"
+    )
     max_delay_ms: float = Field(
-        2.0, ge=0, le=1000, description="how long a batch waits for more images after the first"
+        BATCHING.max_delay_ms,
+        ge=0,
+        le=1000,
+        description="how long a batch waits for more images after the first",
     )
     max_queue: int = Field(
-        64, ge=1, description="images admitted but not yet answered; beyond it: 503"
+        BATCHING.max_queue, ge=1, description="images admitted but not yet answered; beyond it: 503"
     )
     timeout_s: float = Field(
-        10.0, gt=0, description="per-request deadline from arrival to answer; beyond it: 504"
+        BATCHING.timeout_s,
+        gt=0,
+        description="per-request deadline from arrival to answer; beyond it: 504",
     )
     threads: int = Field(
         0, ge=0, description="ONNX Runtime intra-op threads (0 = from the CPU quota)"

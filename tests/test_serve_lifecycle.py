@@ -15,10 +15,10 @@ import httpx
 import onnx
 import pytest
 
+from ln2d.cpu_quota import cgroup_quota
 from ln2d.data import Preprocessing
-from ln2d.export.loadgen import http_request, run_load
-from ln2d.serve.cpu_quota import cgroup_quota
 from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.loadgen import http_request, run_load
 from tests.conftest import run_cli
 from tests.images import digit, png
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ln2d.constants import DEFAULT_TARGET
 from ln2d.export.fusion.forms import exists_at
 from ln2d.export.fusion.report import Site
 
@@ -50,7 +51,9 @@ TARGETS: dict[str, FormChoice] = {
     # The standard fused-norm op, which every runtime with opset 17 implements as one kernel.
     "portable": _layernorm("portable"),
 }
-DEFAULT_TARGET = "cpu"  # the CLI's default too (export.commands reads it from here)
+
+
+__all__ = ["DEFAULT_TARGET", "TARGETS", "FormChoice", "chooser"]
 
 
 def chooser(target: str) -> FormChoice:

@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ln2d.serve.app import ServerState
+from ln2d.serve.dataplane import DataPlane
 
 
-def router(state: ServerState) -> APIRouter:
+def router(state: DataPlane) -> APIRouter:
     routes = APIRouter(tags=["health"])
 
     @routes.get("/v2/health/live", summary="200 while the process serves HTTP")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ln2d.export.loadgen import LoadResult, http_request, run_load
 from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.loadgen import LoadResult, http_request, run_load
 from ln2d.serve.model import Model, ModelInfo
 
 

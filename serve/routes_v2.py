@@ -10,14 +10,14 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ln2d.serve import v2
-from ln2d.serve.app import ServerState, refuse_compressed
+from ln2d.serve import v2_codec
+from ln2d.serve.dataplane import DataPlane, refuse_compressed
 
 # Parsing a JSON tensor this large would hold the event loop for milliseconds: use a thread.
 INLINE_PARSE_BYTES = 64 * 1024
 
 
-def router(state: ServerState) -> APIRouter:
+def router(state: DataPlane) -> APIRouter:
     routes = APIRouter(tags=["v2 (Open Inference Protocol)"])
     info = state.info
 
@@ -54,18 +54,18 @@ def router(state: ServerState) -> APIRouter:
         deadline = state.deadline()
         refuse_compressed(request)
         body = await request.body()
-        header_length = request.headers.get(v2.HEADER_LENGTH)
+        header_length = request.headers.get(v2_codec.HEADER_LENGTH)
         parse_args = (body, header_length, info, state.settings.max_images)
         if len(body) <= INLINE_PARSE_BYTES:
-            parsed = v2.parse_request(*parse_args)
+            parsed = v2_codec.parse_request(*parse_args)
         else:
             parsed = await asyncio.get_running_loop().run_in_executor(
-                state.decoders, v2.parse_request, *parse_args
+                state.decoders, v2_codec.parse_request, *parse_args
             )
         with state.batcher.admit(len(parsed.samples)) as admission:
             results = await state.batcher.infer(admission, parsed.samples, deadline)
         logits = np.stack([result.logits for result in results])
-        content, headers = v2.build_response(parsed, logits, info)
+        content, headers = v2_codec.build_response(parsed, logits, info)
         return Response(content, headers=headers)
 
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
@@ -84,4 +84,4 @@ def router(state: ServerState) -> APIRouter:
 
 
 def _tensor(name: str, shape: list[int]) -> dict:
-    return {"name": name, "datatype": v2.DATATYPE, "shape": shape}
+    return {"name": name, "datatype": v2_codec.DATATYPE, "shape": shape}

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from ln2d.serve import images
-from ln2d.serve.app import ServerState, refuse_compressed
 from ln2d.serve.batcher import Result
+from ln2d.serve.dataplane import DataPlane, refuse_compressed
 from ln2d.serve.errors import ApiError
 
 
@@ -48,7 +48,7 @@ _BODY = {
 }
 
 
-def router(state: ServerState) -> APIRouter:
+def router(state: DataPlane) -> APIRouter:
     routes = APIRouter(tags=["classify"])
     settings, info = state.settings, state.info
 

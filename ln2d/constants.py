@@ -1,0 +1,43 @@
+"""Names and defaults that more than one part of ln2d needs, each typed once. Torch-free, so
+that the server, the exporter and the command line all read them from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The ONNX metadata_props the exporter writes and the server reads. The README ("Export,
+# fusion and parity") documents them for users.
+METADATA_PREFIX = "ln2d."
+METADATA_KEYS = (
+    "name",  # model name for the server and the v2 protocol
+    "labels",  # JSON list of class names, index order
+    "input",  # JSON: channels, height, width, mean, std, layout, color
+    "architecture",  # JSON ModelConfig
+    "eps",  # the norm epsilon, repr of the float
+    "version",  # ln2d version that wrote the file
+    "checkpoint_sha256",  # sha256 of the source checkpoint file
+    "fusion",  # JSON fusion summary: sites, counts, forms, node counts, checks, tuning
+)
+
+# ONNX Runtime's execution providers, by the names the command line takes.
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+# The fusion targets (export.fusion.targets holds their rules) and the default one.
+TARGETS = ("cpu", "cuda", "portable")
+DEFAULT_TARGET = "cpu"
+
+# The norm layers SimpleLN_CNN can be built with (ln2d.model holds their constructors).
+NORMS = ("layernorm2d", "batchnorm", "groupnorm", "instancenorm", "none")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching: the defaults of ``ln2d serve`` and of ``ln2d triton-repo``."""
+
+    max_batch: int = 32
+    max_delay_ms: float = 2.0  # how long a batch waits for more after its first request
+    max_queue: int = 64  # admitted but not yet answered; beyond it, 503 (Triton: UNAVAILABLE)
+    timeout_s: float = 10.0  # per request, from arrival to answer
+
+
+BATCHING = Batching()
