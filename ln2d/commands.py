@@ -34,7 +34,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--val-fraction", type=float, default=0.2)
     train.add_argument("--size", type=int, help="input height = width (default: 16 digits, 32)")
-    train.add_argument("--channels", type=int, choices=[1, 3], help="default: 1 digits, 3")
+    train.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        help="input channels (default: 1 for the digits, gray replicated with 3; 3 for --data)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(run=run_train, extra="torch")
 
@@ -93,7 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ln2d.training import TrainConfig, seed_everything, train
 
     if args.data is None:
-        dataset = load_digits(args.size or DIGITS_SIZE)
+        dataset = load_digits(args.size or DIGITS_SIZE, args.channels or 1)
     else:
         size = args.size or 32
         dataset = load_image_folder(args.data, args.channels or 3, size, size)
@@ -146,9 +151,7 @@ def checkpoint_eval_data(checkpoint, data: Path | None):
 
     pre = checkpoint.preprocessing
     if data is None:
-        if pre.channels != 1:
-            raise UserError("the digits are grayscale; this model wants 3 channels: pass --data")
-        dataset = load_digits(pre.height)
+        dataset = load_digits(pre.height, pre.channels)
         config = checkpoint.training.get("config", {})
         _, dataset = split(dataset, config.get("val_fraction", 0.2), config.get("seed", 0))
     else:

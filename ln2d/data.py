@@ -1,8 +1,8 @@
 """Datasets as uint8 images plus the preprocessing that turns them into model input.
 
-Every image, whether from scikit-learn's digits or from a folder of files, goes through the same
-path: ``uint8 (H, W, C)`` -> resize to ``size`` (bilinear) -> ``/ 255`` -> ``(x - mean) / std``.
-The server repeats that path from the ONNX metadata, so training and serving agree.
+Every image, whether from scikit-learn's digits or from a folder of files, goes through
+``ln2d.preprocessing``: the same code the server runs on request bytes, with the size, mean and
+std the ONNX metadata records, so training and serving agree.
 
 The digits (8x8, values 0..16, white ink on black) become ``v * 255 / 16`` grayscale images,
 one channel, upsampled to 16x16: the default three stages pool 16 -> 8 -> 4 -> 2.
@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ln2d.errors import UserError
+from ln2d.preprocessing import normalise, to_pixels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DIGITS_SIZE = 16
@@ -60,9 +61,7 @@ class Preprocessing:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``(N, H, W, C)`` images at the model's size -> float32 ``(N, C, H, W)``."""
-        x = images.astype(np.float32) / 255.0
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return normalise(images, self.mean, self.std)
 
 
 def fit_preprocessing(images: np.ndarray) -> Preprocessing:
@@ -74,21 +73,14 @@ def fit_preprocessing(images: np.ndarray) -> Preprocessing:
     return Preprocessing(channels, height, width, tuple(mean.tolist()), tuple(std.tolist()))
 
 
-def resize(image: Image.Image, channels: int, height: int, width: int) -> np.ndarray:
-    """A Pillow image in any mode -> uint8 ``(height, width, channels)``."""
-    image = image.convert("L" if channels == 1 else "RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
-
-
-def load_digits(size: int = DIGITS_SIZE) -> Dataset:
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images), as ``size`` x ``size``."""
+def load_digits(size: int = DIGITS_SIZE, channels: int = 1) -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images), as ``size`` x ``size``,
+    gray or (``channels=3``) gray replicated to RGB."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
     raw = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
-    images = np.stack([resize(Image.fromarray(img), 1, size, size) for img in raw])
+    images = np.stack([to_pixels(Image.fromarray(img), channels, size, size) for img in raw])
     return Dataset(images, bunch.target.astype(np.int64), tuple(str(t) for t in range(10)))
 
 
@@ -107,7 +99,7 @@ def load_image_folder(root: Path, channels: int, height: int, width: int) -> Dat
                 continue
             try:
                 with Image.open(path) as image:
-                    images.append(resize(ImageOps.exif_transpose(image), channels, height, width))
+                    images.append(to_pixels(image, channels, height, width))
             except (UnidentifiedImageError, OSError) as exc:
                 raise UserError(f"cannot read image {path}: {exc}") from exc
             targets.append(index)

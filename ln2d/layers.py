@@ -46,7 +46,7 @@ class LayerNorm2d(nn.Module):
         return self._normalize(x)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        # Written the way the design note states it; the ONNX fuser must recognise this form.
+        # Written as the class docstring states it; the ONNX fuser must recognise this form.
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.eps)

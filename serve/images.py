@@ -1,9 +1,8 @@
 """Untrusted image bytes -> the model's normalised ``(C, H, W)`` float32 input.
 
-The same steps as ``ln2d``'s training data (EXIF orientation, convert, bilinear resize, scale,
-mean/std), written again here because the server must not import ``ln2d``; a test holds the two
-equal. Alpha is dropped, as in training. The pixel count is checked from the header, before any
-pixel is decoded.
+Decoding is the server's own (formats, limits, errors); the pixels then go through
+``ln2d.preprocessing``, the steps training uses. The pixel count is checked from the header,
+before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -11,8 +10,9 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from ln2d.preprocessing import normalise, to_pixels
 from ln2d.serve.errors import ApiError
 from ln2d.serve.model import ModelInfo
 
@@ -68,26 +68,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _pixels(image: Image.Image, info: ModelInfo) -> np.ndarray:
-    """uint8 ``(H, W, C)`` at the model's size."""
-    image = _to_8bit(ImageOps.exif_transpose(image))
-    image = image.convert("L" if info.channels == 1 else "RGB")
-    if image.size != (info.width, info.height):
-        image = image.resize((info.width, info.height), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8).reshape(info.height, info.width, info.channels)
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit and 32-bit grayscale scaled to 8 bits (Pillow's convert would clip at 255)."""
-    if image.mode.startswith("I;16") or image.mode == "I":
-        wide = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.rint(np.clip(wide, 0, 65535) / 257).astype(np.uint8), "L")
-    if image.mode == "F":
-        wide = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.rint(np.clip(wide, 0, 1) * 255).astype(np.uint8), "L")
-    return image
+    return to_pixels(image, info.channels, info.height, info.width)
 
 
 def _normalise(pixels: np.ndarray, info: ModelInfo) -> np.ndarray:
-    x = pixels.astype(np.float32) * np.float32(info.scale)
-    x = (x - np.asarray(info.mean, np.float32)) / np.asarray(info.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return normalise(pixels, info.mean, info.std, info.scale)

@@ -65,8 +65,7 @@ class _Client(asyncio.Protocol):
         if end < 0 or self.answer is None or self.answer.done():
             return
         head = bytes(self.buffer[:end]).lower()
-        start = head.find(b"\r\ncontent-length:")
-        length = int(head[start + 17 : head.find(b"\r\n", start + 2)]) if start >= 0 else 0
+        length = content_length(head)
         if len(self.buffer) >= end + 4 + length:
             del self.buffer[: end + 4 + length]
             self.answer.set_result(int(head[9:12]))
@@ -80,6 +79,16 @@ class _Client(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(request)
         return await self.answer
+
+
+def content_length(head: bytes) -> int:
+    """Content-Length from a lower-cased response head (status line and headers, without the
+    blank line that ends it); 0 when absent."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip() == b"content-length":
+            return int(value)
+    return 0
 
 
 async def _worker(

@@ -32,7 +32,7 @@ class _Affine(nn.Module):
 
 
 class Explicit(_Affine):
-    """Style 1: the design note's form (segment-anything writes exactly this)."""
+    """Style 1: LayerNorm2d's docstring formula (segment-anything writes exactly this)."""
 
     def forward(self, x):
         u = x.mean(1, keepdim=True)

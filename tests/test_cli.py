@@ -90,3 +90,16 @@ def test_train_on_image_folder(tmp_path):
     result = run_cli("eval", str(ckpt), "--data", str(tmp_path / "data"))
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.split()[1]) >= 0.9
+
+
+def test_three_channel_digits_train_an_rgb_model(tmp_path):
+    ckpt = tmp_path / "rgb.safetensors"
+    trained = run_cli(
+        "train", "--channels", "3", "--epochs", "1", "--widths", "8,16", "--out", str(ckpt),
+        "--no-progress",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    info = json.loads(run_cli("info", str(ckpt), "--json").stdout)
+    assert info["architecture"]["in_channels"] == 3 and info["preprocessing"]["channels"] == 3
+    evaluated = run_cli("eval", str(ckpt))  # the digits validation split, as RGB
+    assert evaluated.returncode == 0 and evaluated.stdout.startswith("accuracy ")

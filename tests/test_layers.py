@@ -15,7 +15,7 @@ eps_values = st.sampled_from([1e-12, 1e-6, 1e-5, 1e-3, 0.1])
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
-    """The design note's formula in fp64, written independently of the module."""
+    """LayerNorm2d's formula in fp64, written independently of the module."""
     x = x.double()
     mean = x.sum(1, keepdim=True) / x.shape[1]
     var = ((x - mean) ** 2).sum(1, keepdim=True) / x.shape[1]

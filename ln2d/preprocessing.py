@@ -1,0 +1,45 @@
+"""An image -> the model's input: the one definition that training and the server both run.
+
+    EXIF orientation -> 8 bits -> L or RGB -> bilinear resize -> * scale -> (x - mean) / std
+
+Torch-free (Pillow and numpy), so a serving install has it. Alpha is dropped; 16- and 32-bit
+grayscale are scaled to 8 bits, not clipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+SCALE = 1 / 255  # uint8 -> [0, 1]; recorded in the ONNX metadata as "scale"
+
+
+def to_pixels(image: Image.Image, channels: int, height: int, width: int) -> np.ndarray:
+    """A Pillow image in any mode -> uint8 ``(height, width, channels)`` at the model's size."""
+    image = _to_8bit(ImageOps.exif_transpose(image))
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+
+
+def normalise(
+    pixels: np.ndarray, mean: Sequence[float], std: Sequence[float], scale: float = SCALE
+) -> np.ndarray:
+    """uint8 ``(..., H, W, C)`` -> float32 ``(..., C, H, W)``, scaled and standardised."""
+    x = pixels.astype(np.float32) * np.float32(scale)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grayscale scaled to 8 bits (Pillow's convert would clip at 255)."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        wide = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.rint(np.clip(wide, 0, 65535) / 257).astype(np.uint8), "L")
+    if image.mode == "F":
+        wide = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.rint(np.clip(wide, 0, 1) * 255).astype(np.uint8), "L")
+    return image
