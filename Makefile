@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARTIFACTS ?= artifacts
 
-.PHONY: demo test lint venv browser clean
+.PHONY: demo test test-fast lint venv browser clean
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -46,6 +46,11 @@ $(CHROMIUM):
 
 test: lint browser
 	$(BIN)/python -m pytest
+
+# The fast tier, in process (under a minute): fusion on hand-built graphs, the codec, the
+# batcher and the app with real tiny ONNX Runtime sessions. `make test` runs everything.
+test-fast: lint
+	$(BIN)/python -m pytest -m "not integration"
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache build dist *.egg-info

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    """Run the real ``ln2d`` command in a subprocess, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "ln2d", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-    )
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="session")

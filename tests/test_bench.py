@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.mark.slow

@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from ln2d.serve.launcher import ServerProcess
-from tests.test_docker import DOCKERFILES, image_command
+from tests.helpers import DOCKERFILES, image_command
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES = sorted((ROOT / "docker" / "kubernetes").glob("*.yaml"))

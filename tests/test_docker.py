@@ -3,8 +3,6 @@ entrypoint and environment run as a plain process from the wheel in a fresh venv
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import subprocess
 import sys
@@ -15,10 +13,10 @@ import httpx
 import pytest
 
 from ln2d.serve.launcher import ServerProcess
+from tests.helpers import DOCKERFILES, ROOT, image_command
 from tests.images import digit, png
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu"]
+pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -26,16 +24,6 @@ def test_hadolint_passes(dockerfile):
     hadolint = Path(sys.executable).parent / "hadolint"
     result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def image_command(dockerfile: Path) -> tuple[list[str], dict[str, str]]:
-    """The final stage's ENTRYPOINT and ENV, as the container would run them."""
-    final = dockerfile.read_text().split("\nFROM ")[-1].replace("\\\n", " ")
-    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", final, re.M)[1])
-    env: dict[str, str] = {}
-    for block in re.findall(r"^ENV (.*)$", final, re.M):
-        env.update(re.findall(r"(\w+)=(\S+)", block))
-    return entrypoint, env
 
 
 @pytest.mark.slow

@@ -8,8 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.onnx_helpers import initializers, layernorm_nodes, run
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

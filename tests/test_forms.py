@@ -14,6 +14,8 @@ from ln2d.export.fusion.forms import FORMS
 from tests import norm_styles
 from tests.onnx_helpers import export, run
 
+pytestmark = pytest.mark.integration
+
 C = 12
 GENERAL_FORMS = [f for f in FORMS if f != "centred_conv"]  # centred_conv needs a Conv input
 

@@ -16,8 +16,10 @@ from ln2d.export.fusion import FusionError, forms, fuse_model
 from ln2d.export.fusion.targets import DEFAULT_TARGET, TARGETS
 from ln2d.export.onnx_export import export_checkpoint
 from tests import norm_styles
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.onnx_helpers import export, layernorm_nodes, run
+
+pytestmark = pytest.mark.integration
 
 C = 12
 

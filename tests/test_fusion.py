@@ -11,6 +11,8 @@ from ln2d.export.fusion import fuse_model
 from tests import norm_styles
 from tests.onnx_helpers import EXPORTERS, export, initializers, layernorm_nodes, run
 
+pytestmark = pytest.mark.integration
+
 C = 12
 
 

@@ -17,6 +17,8 @@ from ln2d.export.fusion.targets import TARGETS
 from tests import norm_styles
 from tests.onnx_helpers import export, run
 
+pytestmark = pytest.mark.integration
+
 C = 12
 OPSETS = [13, 15, 17, 18, 23]
 # torch's dynamo exporter writes opset 18 and newer only.

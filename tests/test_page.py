@@ -40,6 +40,7 @@ ANSWERED = "Failed to load resource: the server responded with a status of"
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.integration,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: `make browser`"),
 ]
 

@@ -15,6 +15,8 @@ from ln2d.data import Preprocessing
 from ln2d.serve.launcher import ServerProcess
 from tests.images import digit, encode, png, png_header_only
 
+pytestmark = pytest.mark.integration
+
 MODEL = "ln2d-layernorm2d"
 MAX_BODY = 1_000_000
 

@@ -19,8 +19,10 @@ from ln2d.cpu_quota import cgroup_quota
 from ln2d.data import Preprocessing
 from ln2d.serve.launcher import ServerProcess
 from ln2d.serve.loadgen import http_request, run_load
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.images import digit, png
+
+pytestmark = pytest.mark.integration
 
 GOOD_PNG = png(digit(0)[0])
 PNG_HEADERS = {"content-type": "image/png"}

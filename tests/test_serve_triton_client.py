@@ -11,6 +11,8 @@ from tritonclient.utils import InferenceServerException
 
 from ln2d.serve.launcher import ServerProcess
 
+pytestmark = pytest.mark.integration
+
 MODEL = "ln2d-layernorm2d"
 
 

@@ -10,6 +10,8 @@ from ln2d.export.fusion import fuse_model
 from tests.onnx_helpers import export, run
 from tests.third_party import install_torchvision_placeholder
 
+pytestmark = pytest.mark.integration
+
 install_torchvision_placeholder()
 
 

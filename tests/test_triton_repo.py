@@ -14,7 +14,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from ln2d.export.triton_repo import render_pbtxt
-from tests.conftest import run_cli
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.integration
 
 
 def parse_config(path) -> model_config_pb2.ModelConfig:

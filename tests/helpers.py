@@ -1,0 +1,35 @@
+"""Helpers the tests share: running the real command line, and reading the Dockerfiles."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu"]
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run the real ``ln2d`` command in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "ln2d", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def image_command(dockerfile: Path) -> tuple[list[str], dict[str, str]]:
+    """The final stage's ENTRYPOINT and ENV, as the container would run them."""
+    final = dockerfile.read_text().split("\nFROM ")[-1].replace("\\\n", " ")
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", final, re.M)[1])
+    env: dict[str, str] = {}
+    for block in re.findall(r"^ENV (.*)$", final, re.M):
+        env.update(re.findall(r"(\w+)=(\S+)", block))
+    return entrypoint, env

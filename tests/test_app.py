@@ -1,0 +1,80 @@
+"""The whole app in process through httpx (Starlette's TestClient runs its lifespan): a real
+tiny ONNX model, real PNG bytes, the same preprocessing and scores as a direct run."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from ln2d.preprocessing import normalise, to_pixels
+from ln2d.serve.app import create_app
+from ln2d.serve.model import Model
+from ln2d.serve.settings import Settings
+from tests.tiny_models import classifier
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    onnx.save(classifier(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(model_path):
+    settings = Settings(model_path=model_path, max_batch=4, access_log=False)
+    app = create_app(settings, Model(model_path, "cpu", cpu_fallback=False, threads=1))
+    with TestClient(app) as http:
+        deadline = time.monotonic() + 30
+        while http.get("/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the app never became ready"
+            time.sleep(0.05)
+        yield http
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_classify_equals_preprocessing_and_a_direct_run(client, model_path):
+    pixels = np.random.default_rng(3).integers(0, 256, (20, 16), dtype=np.uint8)
+    answer = client.post("/v1/classify?top_k=10", content=_png(pixels),
+                         headers={"content-type": "image/png"})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    (prediction,) = answer.json()["predictions"]
+    x = normalise(to_pixels(Image.fromarray(pixels), 1, 8, 8), (0.5,), (0.25,))[None]
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": x})[0][0].astype(np.float64)
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    for p in prediction:
+        assert p["score"] == pytest.approx(expected[p["index"]], abs=1e-6)
+    assert prediction[0]["index"] == int(expected.argmax())
+
+
+@pytest.mark.parametrize(
+    ("body", "media_type", "status", "fragment"),
+    [
+        (b"not an image", "image/png", 400, "not a decodable image"),
+        (b"", "image/png", 400, "empty image"),
+        (b"{}", "application/json", 415, "unsupported media type"),
+    ],
+)
+def test_bad_input_is_a_4xx_with_a_json_message(client, body, media_type, status, fragment):
+    answer = client.post("/v1/classify", content=body, headers={"content-type": media_type})
+    assert answer.status_code == status and fragment in answer.json()["error"]
+
+
+def test_model_and_metrics(client):
+    model = client.get("/v1/model").json()
+    assert model["name"] == "tiny" and len(model["labels"]) == 10
+    metrics = client.get("/metrics").text
+    assert 'ln2d_requests_total{endpoint="/v1/classify",status="200"}' in metrics
