@@ -32,11 +32,15 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _add_export(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
         "export",
-        help="export a checkpoint to ONNX with every LayerNorm2d fused",
-        description="Export CKPT to ONNX (dynamic batch, height, width) with serving metadata; "
-        "every LayerNorm2d is pattern-matched and replaced by a fused subgraph.",
+        help="export a checkpoint, or your own model, to ONNX with every LayerNorm2d fused",
+        description="Export CKPT, or the network --model builds with --weights loaded, to ONNX "
+        "(dynamic batch, height, width) with serving metadata; every LayerNorm2d is "
+        "pattern-matched and replaced by a fused subgraph, and the result passes the gate.",
     )
-    add_checkpoint_arguments(export)
+    _add_source_arguments(export)
+    export.add_argument(
+        "--input", type=_chw, metavar="CxHxW", help="--model: the input's size, e.g. 3x224x224"
+    )
     export.add_argument("-o", "--output", type=Path, required=True, help="model.onnx to write")
     export.add_argument("--opset", type=int, help="ONNX opset (default: 23; at least 18)")
     export.add_argument("--no-fuse", action="store_true", help="keep the decomposed graph")
@@ -49,15 +53,82 @@ def run_export(args: argparse.Namespace) -> int:
     from ln2d.export.onnx_export import DEFAULT_OPSET, export_checkpoint
     from ln2d.export.onnx_io import save_model
 
-    checkpoint = load_from_args(args)
     opset = args.opset or DEFAULT_OPSET
-    proto, report = export_checkpoint(checkpoint, opset, not args.no_fuse, args.target)
-    save_model(proto, args.output)
+    if _user_model(args):
+        report = _export_user_model(args, opset)
+    else:
+        checkpoint = load_from_args(args)
+        proto, report = export_checkpoint(checkpoint, opset, not args.no_fuse, args.target)
+        save_model(proto, args.output)
     if report is not None:
         print(report.table())
         _write(args.report, report.to_json())
     print(f"wrote {args.output} (opset {opset})")
     return 0
+
+
+def _export_user_model(args: argparse.Namespace, opset: int):
+    import torch
+
+    from ln2d.export.onnx_export import export_module
+    from ln2d.export.user_model import build
+
+    if args.input is None:
+        raise UserError("--model needs --input CxHxW, the size of one input image")
+    channels, height, width = args.input
+    model = build(args.user_model, args.weights)
+    preprocessing = {
+        "mean": args.mean or (0.0,) * channels,
+        "std": args.std or (1.0,) * channels,
+    }
+    if len(preprocessing["mean"]) != channels or len(preprocessing["std"]) != channels:
+        raise UserError(f"--mean and --std need {channels} values, one per input channel")
+    return export_module(
+        model,
+        torch.zeros(2, channels, height, width),
+        args.output,
+        labels=args.labels,
+        preprocessing=preprocessing,
+        target=args.target,
+        opset=opset,
+        fuse=not args.no_fuse,
+    )
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """CKPT (a SimpleLN_CNN checkpoint), or --model and --weights for any network."""
+    add_checkpoint_arguments(parser, optional=True)
+    own = parser.add_argument_group("your own network (instead of CKPT)")
+    own.add_argument(
+        "--model",
+        dest="user_model",
+        metavar="MODULE:NAME",
+        help="a function or class that builds your network, called with no arguments, "
+        "imported from the working directory or PYTHONPATH: this RUNS THAT CODE",
+    )
+    own.add_argument(
+        "--weights",
+        type=Path,
+        help="its weights: .safetensors, or a .pt/.pth state dict (tensors only, never unpickled)",
+    )
+
+
+def _user_model(args: argparse.Namespace) -> bool:
+    """True for --model; CKPT otherwise. Exactly one of the two."""
+    if args.user_model and args.checkpoint:
+        raise UserError("give CKPT or --model, not both")
+    if not args.user_model and not args.checkpoint:
+        raise UserError("give a checkpoint CKPT, or --model MODULE:NAME with --weights")
+    return bool(args.user_model)
+
+
+def _chw(text: str) -> tuple[int, int, int]:
+    """argparse type for "3x224x224"."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected CxHxW, e.g. 3x224x224, got {text!r}")
+    channels, height, width = map(int, parts)
+    return channels, height, width
 
 
 def _add_fuse(commands: argparse._SubParsersAction) -> None:
@@ -137,9 +208,10 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
     parity = commands.add_parser(
         "parity",
         help="compare PyTorch against ONNX Runtime (CPU, CUDA) and fused against unfused",
-        description="Exit code 0 only when every requested comparison passed.",
+        description="Compare CKPT, or the network --model builds with --weights loaded, with "
+        "MODEL.onnx. Exit code 0 only when every requested comparison passed.",
     )
-    add_checkpoint_arguments(parity)
+    _add_source_arguments(parity)
     parity.add_argument("model", type=Path, metavar="MODEL.onnx")
     parity.add_argument(
         "--providers",
@@ -147,7 +219,9 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
         help="comma list of cpu,cuda; 'auto' = cpu, plus cuda when available (default)",
     )
     parity.add_argument(
-        "--data", default="digits", help="digits (validation split), random, or an image DIR"
+        "--data",
+        help="digits (the validation split), random, or an image DIR "
+        "(default: digits for CKPT, random for --model)",
     )
     parity.add_argument("--atol", type=float, help="absolute tolerance (default: by dtype)")
     parity.add_argument("--rtol", type=float, help="relative tolerance (default: by dtype)")
@@ -159,17 +233,24 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
 
 
 def run_parity(args: argparse.Namespace) -> int:
-    from ln2d.export.parity import ParityOptions, run_parity_checks
+    from ln2d.export.parity import ParityOptions, check_parity, run_parity_checks
 
-    checkpoint = load_from_args(args)
+    user_model = _user_model(args)
     options = ParityOptions(
         providers=args.providers,
-        data=args.data,
+        data=args.data or ("random" if user_model else "digits"),
         atol=args.atol,
         rtol=args.rtol,
         bisect=args.bisect,
     )
-    report = run_parity_checks(checkpoint, args.model, options)
+    if user_model:
+        from ln2d.export.parity import model_inputs
+        from ln2d.export.user_model import build
+
+        x, labels = model_inputs(args.model, options.data)
+        report = check_parity(build(args.user_model, args.weights), args.model, x, options, labels)
+    else:
+        report = run_parity_checks(load_from_args(args), args.model, options)
     print(report.table())
     _write(args.json, report.to_json())
     return 0 if report.passed else 1

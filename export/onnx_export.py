@@ -1,7 +1,9 @@
-"""Checkpoint -> ONNX: dynamic batch, height and width, fused LayerNorm2d, serving metadata.
+"""A PyTorch module -> ONNX: dynamic batch, height and width, fused LayerNorm2d, checked by the
+gate, with the serving metadata ``ln2d serve`` reads.
 
 The exporter is torch's dynamo-based one (``torch.onnx.export(dynamo=True)``), the one PyTorch
-maintains; TorchScript export is deprecated. The fuser handles graphs from both (see tests).
+maintains. Where it fails (transformers' ConvNextLayerNorm with a dynamic H and W, for one),
+TorchScript's exporter takes over and the report says so. The fuser handles both graphs.
 """
 
 from __future__ import annotations
@@ -9,21 +11,60 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 
 import onnx
 import torch
 
 from ln2d import __version__
 from ln2d.checkpoint import Checkpoint
+from ln2d.constants import DEFAULT_TARGET
 from ln2d.errors import UserError
 from ln2d.export import metadata
 from ln2d.export.fusion import FusionReport, fuse_model
-from ln2d.export.fusion.targets import DEFAULT_TARGET
+from ln2d.export.onnx_io import save_model
 
 INPUT_NAME = "input"  # float32 (N, C, H, W), normalised as the "ln2d.input" metadata says
-OUTPUT_NAME = "logits"  # float32 (N, num_classes), before softmax
+OUTPUT_NAME = "logits"  # float32 (N, num_classes) before softmax, or any tensor a network gives
 DEFAULT_OPSET = 23  # newest opset ONNX Runtime 1.32 (CPU) and 1.31 (GPU) run; >= 17 needed
 MIN_OPSET = 18  # the dynamo exporter emits ReduceMean with axes as input (opset 18)
+TORCHSCRIPT_OPSET = 18  # what the fallback writes when the dynamo exporter fails
+
+
+def export_module(
+    model: torch.nn.Module,
+    example_input: torch.Tensor,
+    path: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    preprocessing: dict | None = None,
+    name: str | None = None,
+    target: str = DEFAULT_TARGET,
+    opset: int = DEFAULT_OPSET,
+    fuse: bool = True,
+    min_size: int = 2,
+) -> FusionReport | None:
+    """Export ``model`` (NCHW in, one tensor out) to ``path``: fused for ``target`` and through
+    the gate, with serving metadata. ``preprocessing`` holds ``mean`` and ``std`` per channel
+    (default 0 and 1); ``labels`` default to the class indices when the output is (N, classes).
+    Returns the fusion report (None with ``fuse=False``)."""
+    model = model.eval()
+    proto, report = to_onnx(model, example_input, opset, fuse, target, min_size)
+    channels, height, width = example_input.shape[1:]
+    pre = {"mean": (0.0,) * channels, "std": (1.0,) * channels, **(preprocessing or {})}
+    pre |= {"channels": channels, "height": height, "width": width}
+    if labels is None and len(proto.graph.output[0].type.tensor_type.shape.dim) == 2:
+        with torch.inference_mode():
+            classes = model(example_input[:1]).shape[1]
+        labels = [str(i) for i in range(classes)]
+    values = _serving_metadata(pre, report, target)
+    values |= {"name": name or type(model).__name__.lower(), "architecture": _class_of(model)}
+    if labels is not None:
+        values["labels"] = list(labels)
+    metadata.write(proto, values)
+    save_model(proto, Path(path))
+    return report
 
 
 def export_checkpoint(
@@ -32,36 +73,51 @@ def export_checkpoint(
     fuse: bool = True,
     target: str = DEFAULT_TARGET,
 ) -> tuple[onnx.ModelProto, FusionReport | None]:
-    """The ONNX model of ``checkpoint``, fused for ``target`` unless ``fuse`` is false, with
-    metadata."""
-    if opset < MIN_OPSET:
-        raise UserError(f"opset {opset} is not supported: use {MIN_OPSET} or newer")
+    """The ONNX model of a SimpleLN_CNN ``checkpoint``, fused for ``target`` unless ``fuse`` is
+    false, with metadata."""
     pre = checkpoint.preprocessing
     example = torch.zeros(2, pre.channels, pre.height, pre.width)
-    proto = module_to_onnx(checkpoint.model(), example, opset, checkpoint.config.min_input_size)
-    report = None
-    if fuse:
-        proto, report = fuse_model(proto, target)
-    onnx.checker.check_model(proto, full_check=True)
-    metadata.write(
-        proto,
-        {
-            "name": "ln2d-" + checkpoint.config.norm,
-            "labels": list(checkpoint.labels),
-            "input": {
-                **pre.to_dict(),
-                "layout": "NCHW",
-                "color": "L" if pre.channels == 1 else "RGB",
-                "scale": 1 / 255,
-            },
-            "architecture": checkpoint.config.to_dict(),
-            "eps": repr(checkpoint.config.eps),
-            "version": __version__,
-            "checkpoint_sha256": checkpoint.sha256,
-            "fusion": report.metadata(target) if report is not None else {"fused": False},
-        },
-    )
+    model = checkpoint.model()
+    proto, report = to_onnx(model, example, opset, fuse, target, checkpoint.config.min_input_size)
+    values = _serving_metadata(pre.to_dict(), report, target)
+    values |= {
+        "name": "ln2d-" + checkpoint.config.norm,
+        "labels": list(checkpoint.labels),
+        "architecture": checkpoint.config.to_dict(),
+        "eps": repr(checkpoint.config.eps),
+        "checkpoint_sha256": checkpoint.sha256,
+    }
+    metadata.write(proto, values)
     proto.doc_string = f"SimpleLN_CNN exported by ln2d {__version__}"
+    return proto, report
+
+
+def to_onnx(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    opset: int,
+    fuse: bool,
+    target: str,
+    min_size: int = 2,
+) -> tuple[onnx.ModelProto, FusionReport | None]:
+    """Export (dynamo, else TorchScript), then fuse for ``target`` through the gate."""
+    if opset < MIN_OPSET:
+        raise UserError(f"opset {opset} is not supported: use {MIN_OPSET} or newer")
+    note = None
+    try:
+        proto = module_to_onnx(model, example, opset, min_size)
+    except UserError as dynamo_failure:
+        proto = _torchscript(model, example)
+        note = (
+            f"exported by TorchScript at opset {TORCHSCRIPT_OPSET}: the dynamo exporter "
+            f"failed ({dynamo_failure})"
+        )
+    if not fuse:
+        onnx.checker.check_model(proto, full_check=True)
+        return proto, None
+    proto, report = fuse_model(proto, target)
+    if note:
+        report.notes.append(note)
     return proto, report
 
 
@@ -75,11 +131,8 @@ def module_to_onnx(
         2: torch.export.Dim("height", min=min_size),
         3: torch.export.Dim("width", min=min_size),
     }
-    # The exporter prints progress and warnings to stdout / logging: keep the CLI output clean.
-    quiet = io.StringIO()
-    logging.disable(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        with _quiet():
             program = torch.onnx.export(
                 module,
                 (example,),
@@ -92,6 +145,50 @@ def module_to_onnx(
             )
     except Exception as exc:
         raise UserError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from exc
+    return program.model_proto
+
+
+def _torchscript(module: torch.nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}}
+    try:
+        with _quiet():
+            torch.onnx.export(
+                module,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=TORCHSCRIPT_OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+            )
+    except Exception as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"both torch exporters failed; TorchScript: {first}") from exc
+    return onnx.load_from_string(buffer.getvalue())
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and warnings to stdout / logging: keep the CLI clean."""
+    quiet = io.StringIO()
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            yield
     finally:
         logging.disable(logging.NOTSET)
-    return program.model_proto
+
+
+def _serving_metadata(pre: dict, report: FusionReport | None, target: str) -> dict:
+    color = "L" if pre["channels"] == 1 else "RGB"
+    return {
+        "input": {**pre, "layout": "NCHW", "color": color, "scale": 1 / 255},
+        "version": __version__,
+        "fusion": report.metadata(target) if report is not None else {"fused": False},
+    }
+
+
+def _class_of(model: torch.nn.Module) -> dict:
+    return {"class": f"{type(model).__module__}.{type(model).__qualname__}"}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import torch
 
 from ln2d.checkpoint import Checkpoint
 from ln2d.constants import PROVIDERS
@@ -82,9 +83,10 @@ class ParityReport:
             if c.max_abs is None:
                 rows.append(f"| {c.name} | {c.status} | | | | | | |")
                 continue
+            agree = "" if c.top1_agreement is None else f"{c.top1_agreement:.4f}"
             rows.append(
                 f"| {c.name} | {c.status} | {c.max_abs:.2e} | {c.max_rel:.2e} | "
-                f"{c.mean_abs:.2e} | {c.p99_abs:.2e} | {c.cosine:.7f} | {c.top1_agreement:.4f} |"
+                f"{c.mean_abs:.2e} | {c.p99_abs:.2e} | {c.cosine:.7f} | {agree} |"
             )
             if c.bisect:
                 rows.append(f"  bisect: {c.bisect['verdict']}")
@@ -93,20 +95,34 @@ class ParityReport:
 
 
 def run_parity_checks(checkpoint: Checkpoint, model_path: Path, options: ParityOptions):
-    from ln2d.export.onnx_export import export_checkpoint
-    from ln2d.training import predict_logits
+    """``ln2d parity`` for a SimpleLN_CNN checkpoint: its own data, then ``check_parity``."""
+    x, labels = _inputs(checkpoint, options.data)
+    return check_parity(checkpoint.model(), model_path, x, options, labels=labels)
 
-    model = load_model(model_path)
-    dtype = _input_dtype(model)
+
+def check_parity(
+    model: torch.nn.Module,
+    model_path: str | Path,
+    inputs: np.ndarray,
+    options: ParityOptions | None = None,
+    labels: np.ndarray | None = None,
+    **option_fields,
+) -> ParityReport:
+    """Compare ``model`` (PyTorch, eval mode) with the ONNX file on ``inputs`` (N, C, H, W),
+    per provider, and the file with the module exported afresh without fusion. Any output
+    shape: top-1 agreement and accuracy only where the output is (N, classes). Options come as
+    a ParityOptions or as its fields (``providers="auto", bisect=True``, ...)."""
+    options = options or ParityOptions(**{"data": "inputs", **option_fields})
+    model = model.eval()
+    onnx_model = load_model(Path(model_path))
+    dtype = _input_dtype(onnx_model)
     atol, rtol = tolerance(dtype)
     # 0 is a tolerance (exact), not a request for the default.
     atol = atol if options.atol is None else options.atol
     rtol = rtol if options.rtol is None else options.rtol
-    x, labels = _inputs(checkpoint, options.data)
-    x = x.astype(dtype)
-    reference = predict_logits(checkpoint.model(), x.astype(np.float32))
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    unfused, _ = export_checkpoint(checkpoint, max(opset, 18), fuse=False)
+    x = np.asarray(inputs).astype(dtype)
+    reference = _torch_outputs(model, x.astype(np.float32))
+    unfused = _unfused(model, onnx_model, x)
     requested, listed = _providers(options.providers)
     report = ParityReport(str(model_path), options.data, len(x), atol, rtol, requested=requested)
     for provider in listed:
@@ -114,19 +130,55 @@ def run_parity_checks(checkpoint: Checkpoint, model_path: Path, options: ParityO
             why = f"skipped: no {PROVIDERS[provider]} in this onnxruntime build / machine"
             report.comparisons.append(Comparison(f"torch vs onnx[{provider}]", provider, why))
             continue
-        session = _session(model, provider)
+        session = _session(onnx_model, provider)
         outputs = session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float32)
         torch_vs = _compare(f"torch vs onnx[{provider}]", provider, outputs, reference, atol, rtol)
         if labels is not None:
             torch_vs.accuracy = float((outputs.argmax(1) == labels).mean())
         if torch_vs.status != "pass" and options.bisect:
-            torch_vs.bisect = bisect(checkpoint, model, provider, x, atol, rtol)
+            torch_vs.bisect = bisect(model, onnx_model, provider, x, atol, rtol)
         base = _session(unfused, provider).run(None, {INPUT_NAME: x.astype(np.float32)})[0]
         fused_vs = _compare(
             f"fused vs unfused onnx[{provider}]", provider, outputs, base, atol, rtol
         )
         report.comparisons += [torch_vs, fused_vs]
     return report
+
+
+def model_inputs(model_path: Path, data: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inputs for a user's model, shaped and normalised as its ``ln2d.input`` metadata says:
+    random ones, the digits, or an image folder (labels where its classes are the model's)."""
+    from ln2d.data import Preprocessing, load_digits, load_image_folder
+
+    meta = metadata.read(load_model(Path(model_path)))
+    if "input" not in meta:
+        raise UserError(f"{model_path} has no ln2d.input metadata: export it with ln2d export")
+    pre = Preprocessing.from_dict(json.loads(meta["input"]))
+    if data == "random":
+        shape = (32, pre.channels, pre.height, pre.width)
+        return np.random.default_rng(0).standard_normal(shape).astype(np.float32), None
+    labels = tuple(json.loads(meta.get("labels", "[]")))
+    if data == "digits":
+        dataset = load_digits(pre.height, pre.channels)
+    else:
+        dataset = load_image_folder(Path(data), pre.channels, pre.height, pre.width)
+    known = dataset.labels == labels
+    return pre(dataset.images), dataset.targets if known else None
+
+
+def _torch_outputs(model: torch.nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    with torch.inference_mode():
+        chunks = [model(torch.from_numpy(x[i : i + batch])) for i in range(0, len(x), batch)]
+    return torch.cat(chunks).float().numpy()
+
+
+def _unfused(model: torch.nn.Module, onnx_model: onnx.ModelProto, x: np.ndarray):
+    """The module exported afresh, decomposed, at the file's opset (18 at least)."""
+    from ln2d.export.onnx_export import to_onnx
+
+    opset = next(o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
+    example = torch.from_numpy(x[:2].astype(np.float32))
+    return to_onnx(model, example, max(opset, 18), fuse=False, target="cpu")[0]
 
 
 def _providers(spec: str) -> tuple[list[str], list[str]]:
@@ -177,58 +229,83 @@ def _compare(name, provider, actual, expected, atol, rtol) -> Comparison:
         mean_abs=float(diff.mean()),
         p99_abs=float(np.percentile(diff, 99)),
         cosine=cosine,
-        top1_agreement=float((actual.argmax(1) == expected.argmax(1)).mean()),
+        top1_agreement=_agreement(actual, expected),
     )
 
 
-def _site_outputs(model: onnx.ModelProto) -> list[str]:
-    """Each fused site's output value: from the export's ``ln2d.fusion`` metadata, which
-    names them for every form, else by fusing again (fused sites show as already fused)."""
+def _agreement(actual: np.ndarray, expected: np.ndarray) -> float | None:
+    """Top-1 agreement of (N, classes) outputs; None for other shapes (images, features)."""
+    if actual.ndim != 2:
+        return None
+    return float((actual.argmax(1) == expected.argmax(1)).mean())
+
+
+def _sites(model: onnx.ModelProto) -> list[dict]:
+    """Each fused site's output value and module: from the export's ``ln2d.fusion`` metadata,
+    which names them for every form, else by matching again (fused sites show as already
+    fused)."""
     from ln2d.export.fusion import match
 
     summary = json.loads(metadata.read(model).get("fusion", "{}"))
-    recorded = [s["output"] for s in summary.get("sites", []) if s["status"] != "rejected"]
+    recorded = [s for s in summary.get("sites", []) if s["status"] != "rejected"]
     if recorded:
         return recorded
-    return [s.output for s in match(model).report.fused]
+    return [{"output": s.output, "module": s.module} for s in match(model).report.fused]
 
 
-def bisect(checkpoint, model, provider, x, atol, rtol) -> dict:
-    """Expose each LayerNorm2d site's output in the graph; compare with the module's output."""
-    import torch
+def bisect(torch_model, model, provider, x, atol, rtol) -> dict:
+    """Expose each LayerNorm2d site's output in the graph and compare it with the output of
+    the module it came from (hooked); name the first site that diverges, by module."""
+    sites = [dict(s, index=i) for i, s in enumerate(_sites(model))]
+    hooked = [s for s in sites if s.get("module") and _has_module(torch_model, s["module"])]
+    if not hooked:
+        return {"verdict": "no LayerNorm2d site maps to a module of its own: nothing to hook"}
+    captured: dict[str, list[np.ndarray]] = {s["module"]: [] for s in hooked}
 
-    from ln2d.layers import LayerNorm2d
+    def keep(name):
+        # Copy: an in-place op that follows (ReLU) would change the tensor the hook saw.
+        return lambda module, args, out: captured[name].append(out.detach().numpy().copy())
 
-    outputs = _site_outputs(model)
-    torch_model = checkpoint.model()
-    norms = [m for m in torch_model.modules() if isinstance(m, LayerNorm2d)]
-    if len(norms) != len(outputs):
-        return {"verdict": f"cannot pair {len(outputs)} ONNX sites with {len(norms)} modules"}
-    captured: list[np.ndarray] = []
-    # Copy: the ReLU that follows runs in place on the very tensor the hook sees.
-    hooks = [
-        n.register_forward_hook(lambda m, i, o: captured.append(o.numpy().copy())) for n in norms
+    handles = [
+        torch_model.get_submodule(s["module"]).register_forward_hook(keep(s["module"]))
+        for s in hooked
     ]
-    with torch.inference_mode():
-        torch_model(torch.from_numpy(x.astype(np.float32)))
-    for hook in hooks:
-        hook.remove()
+    try:
+        _torch_outputs(torch_model, x.astype(np.float32))
+    finally:
+        for handle in handles:
+            handle.remove()
     probed = onnx.ModelProto()
     probed.CopyFrom(model)
-    for name in outputs:
-        probed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    names = [s["output"] for s in hooked]
+    probed.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
     session = _session(probed, provider)
-    values = session.run(outputs, {session.get_inputs()[0].name: x})
-    sites = []
-    for index, (name, got, want) in enumerate(zip(outputs, values, captured, strict=True)):
+    values = session.run(names, {session.get_inputs()[0].name: x})
+    results = []
+    for site, got in zip(hooked, values, strict=True):
+        want = np.concatenate(captured[site["module"]])
         err = float(np.abs(got.astype(np.float64) - want).max())
         ok = close(got, want, atol, rtol)
-        sites.append({"site": index, "output": name, "max_abs": err, "ok": ok})
-    first = next((s for s in sites if not s["ok"]), None)
+        results.append(
+            {"site": site["index"], "module": site["module"], "output": site["output"],
+             "max_abs": err, "ok": ok}
+        )  # fmt: skip
+    first = next((r for r in results if not r["ok"]), None)
+    skipped = len(sites) - len(hooked)
     verdict = (
         "every LayerNorm2d site agrees: the divergence is elsewhere"
         if first is None
-        else f"first divergence at LayerNorm2d site {first['site']} ({first['output']}): "
+        else f"first divergence at LayerNorm2d site {first['site']} ({first['module']}): "
         f"max abs error {first['max_abs']:.3g}"
     )
-    return {"verdict": verdict, "first_diverging_site": first, "sites": sites}
+    if skipped:
+        verdict += f" ({skipped} inline site(s) without a module of their own not checked)"
+    return {"verdict": verdict, "first_diverging_site": first, "sites": results}
+
+
+def _has_module(model: torch.nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True

@@ -127,6 +127,22 @@ def _load_safetensors(path: Path, digest: str) -> Checkpoint:
     return checkpoint
 
 
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file or a .pt/.pth state dict; never unpickles objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist")
+    if path.suffix != ".safetensors":
+        return _load_state_dict(path)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable safetensors file ({exc})") from exc
+
+
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -69,9 +69,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     samples.set_defaults(run=run_samples, extra="torch")
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     """CKPT plus the flags that describe a plain .pt/.pth state dict (ignored for ln2d files)."""
-    parser.add_argument("checkpoint", type=Path, metavar="CKPT", help=".safetensors, .pt or .pth")
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        nargs="?" if optional else None,
+        metavar="CKPT",
+        help="a SimpleLN_CNN checkpoint: .safetensors, .pt or .pth",
+    )
     group = parser.add_argument_group("plain state dict (.pt/.pth) architecture flags")
     group.add_argument("--norm", default="layernorm2d", help="norm layer the weights were for")
     group.add_argument("--eps", type=float, default=1e-6, help="norm epsilon")

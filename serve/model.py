@@ -109,6 +109,11 @@ def _info(session, path: Path) -> ModelInfo:
         raise ModelLoadError(
             f"expected a float32 (N, C, H, W) input, got {inputs[0].type} {inputs[0].shape}"
         )
+    if len(outputs[0].shape) != 2:
+        raise ModelLoadError(
+            f"{path} outputs {outputs[0].shape}, not (N, classes) logits: ln2d serve classifies "
+            "images; run this model with ONNX Runtime or Triton directly"
+        )
     meta = {
         key.removeprefix(METADATA_PREFIX): value
         for key, value in session.get_modelmeta().custom_metadata_map.items()

@@ -25,6 +25,7 @@ from ln2d.export.fusion.forms import FORMS, centrable, exists_at
 from ln2d.export.fusion.lowering import lowering_rules
 from ln2d.export.fusion.patterns import DOMAIN, PLACEHOLDER, affine_rules, matching_rules
 from ln2d.export.fusion.report import FusionReport, Site, op_histogram
+from ln2d.export.fusion.scopes import site_modules
 from ln2d.export.fusion.targets import DEFAULT_TARGET, FormChoice, chooser
 from ln2d.export.fusion.verify import FusionError, verify
 
@@ -73,6 +74,9 @@ def match(model: onnx.ModelProto) -> Matched:
     _to_fixpoint(matching_rules(), graph)
     _to_fixpoint(affine_rules(), graph)
     report.sites = _name_sites(graph, opset) + rejected_sites(graph)
+    modules = site_modules(model, [site.output for site in report.fused])
+    for site in report.fused:
+        site.module = modules[site.output]
     return Matched(model, ir.serde.serialize_model(graph), report, opset)
 
 

@@ -21,6 +21,7 @@ class Site:
     why: str | None = None  # why this form: the target's rule that picked it
     centrable: bool = False  # input is a Conv output the centred_conv form can fold into
     producer: str | None = None  # op type that produces the site's input
+    module: str | None = None  # the PyTorch module whose output the site is, when known
     reason: str | None = None
     anchor: str | None = None  # the site's input value (fused) or its mean node (rejected)
     output: str | None = None  # the site's output value: same name before and after fusion
@@ -36,6 +37,7 @@ class FusionReport:
     ops_after: dict[str, int] = field(default_factory=dict)
     verification: dict[str, object] = field(default_factory=dict)  # the gate's steps
     tuning: dict[str, object] | None = None  # --tune: shapes, baseline and result timings
+    notes: list[str] = field(default_factory=list)  # e.g. which exporter wrote the graph
 
     @property
     def fused(self) -> list[Site]:
@@ -61,16 +63,29 @@ class FusionReport:
             "ops_after": self.ops_after,
             "verification": self.verification,
             "tuning": self.tuning,
+            "notes": self.notes,
         }
 
     def metadata(self, target: str) -> dict:
         """The ``ln2d.fusion`` metadata entry: what was chosen per site, why, and timings."""
-        keys = ("name", "status", "style", "form", "why", "output", "reason", "timings_ms")
+        keys = (
+            "name",
+            "status",
+            "style",
+            "form",
+            "why",
+            "output",
+            "module",
+            "reason",
+            "timings_ms",
+        )
         sites = [{k: getattr(s, k) for k in keys} for s in self.sites]
         summary = self.to_dict()["summary"]
         entry = {"fused": bool(self.fused), "target": target, **summary, "sites": sites}
         if self.tuning:
             entry["tuning"] = self.tuning
+        if self.notes:
+            entry["notes"] = self.notes
         return entry
 
     def to_json(self) -> str:
@@ -88,6 +103,7 @@ class FusionReport:
         lines = [self.summary_line()]
         if self.verification:
             lines.append("  checked: " + _checks(self.verification))
+        lines += [f"  note: {note}" for note in self.notes]
         for s in self.sites:
             detail = (
                 s.reason
