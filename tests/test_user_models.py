@@ -112,6 +112,19 @@ def test_python_api(tmp_path):
     assert json.loads(meta["ln2d.labels"]) == list("abcde")
 
 
+def test_export_falls_back_to_torchscript_and_says_so(tmp_path):
+    module = user_networks.trained_like(user_networks.DataDependent())
+    path = tmp_path / "fallback.onnx"
+    report = export_module(module, torch.zeros(2, 3, 8, 8), path)
+    (note,) = report.notes
+    assert note.startswith("exported by TorchScript at opset 18: the dynamo exporter failed")
+    assert len(report.fused) == 1
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["ln2d.fusion"])["notes"] == [note]
+    x = np.random.default_rng(0).standard_normal((3, 3, 9, 7)).astype(np.float32)
+    assert check_parity(module, path, x, providers="cpu").passed
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

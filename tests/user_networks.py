@@ -119,6 +119,20 @@ class SamNet(nn.Module):
         return self.head(self.features(x))
 
 
+class DataDependent(nn.Module):
+    """Python control flow on a tensor's value: the dynamo exporter refuses to guess the
+    branch, TorchScript's tracer records the one it takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = LayerNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.conv(x))
+        return y if float(y.abs().mean()) >= 0 else -y
+
+
 def convnext_like() -> nn.Module:
     return ConvNeXtLike()
 
