@@ -16,8 +16,9 @@ from importlib.metadata import version as package_version
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ln2d.serve import page, routes_health, routes_v1, routes_v2
 from ln2d.serve.dataplane import DataPlane
@@ -27,6 +28,7 @@ from ln2d.serve.model import Model
 from ln2d.serve.settings import Settings
 
 log = logging.getLogger("ln2d.serve")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 
 def create_app(settings: Settings, model: Model) -> FastAPI:
@@ -95,6 +97,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return answer(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, exc: ClientDisconnect) -> Response:
+        # Nobody reads this answer: it records the request as nginx's "client closed
+        # request" in the metrics and the access log. A client leaving is not a server error.
+        log.info("client closed the connection during %s %s", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
