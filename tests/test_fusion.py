@@ -135,6 +135,14 @@ def test_fusing_twice_counts_and_keeps_the_fused_form():
     np.testing.assert_array_equal(run(twice, x), run(once, x))
 
 
+def test_fusing_leaves_the_input_model_untouched():
+    module = norm_styles.Wrapped(norm_styles.Explicit(C, 1e-6, "index"), C).eval()
+    model = export(module, torch.randn(2, 3, 8, 8), "torchscript", 17)
+    pristine = model.SerializeToString()
+    fuse_model(model)
+    assert model.SerializeToString() == pristine
+
+
 def test_report_lists_histograms_and_sites():
     module = norm_styles.Wrapped(norm_styles.Explicit(C, 1e-6, "index"), C).eval()
     _, report = fuse_model(export(module, torch.randn(2, 3, 8, 8), "torchscript", 17), "portable")

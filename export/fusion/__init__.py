@@ -59,7 +59,11 @@ def fuse_model(
 def match(model: onnx.ModelProto) -> Matched:
     """Canonicalize, then replace every LayerNorm2d site with a placeholder."""
     report = FusionReport(ops_before=op_histogram(model))
-    graph = ir.serde.deserialize_model(model)
+    # A copy: onnx-ir wraps the proto's tensors and the passes write into them (names), and
+    # the input must come back untouched when nothing beats it.
+    working = onnx.ModelProto()
+    working.CopyFrom(model)
+    graph = ir.serde.deserialize_model(working)
     opset = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 0))
     _reinfer_shapes(graph)
     _to_fixpoint(canonical_rules(), graph, reinfer=True)
