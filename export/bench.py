@@ -37,7 +37,7 @@ from ln2d.errors import UserError
 from ln2d.export import timing
 from ln2d.export.bench_models import NETWORKS, Network, build, without_norms
 from ln2d.export.fusion import fuse_model, lower, match
-from ln2d.export.fusion.forms import FORMS, exists_at
+from ln2d.export.fusion.forms import FORMS, lowers
 from ln2d.export.fusion.targets import TARGETS
 from ln2d.export.onnx_export import DEFAULT_OPSET, module_to_onnx
 
@@ -126,7 +126,7 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
     if not sites:
         raise UserError(f"{network.name}: no LayerNorm2d site fused")
     for form in FORMS:
-        if all(_lowers(form, site) for site in sites):
+        if all(lowers(form, site) for site in sites):
             graphs[form] = lower(matched, {site.name: form for site in sites})[0]
     targets = {}
     for target in TARGETS:
@@ -144,10 +144,6 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
         paths["tuned"] = _tuned(paths[DECOMPOSED], folder / "tuned.onnx", shapes, options)
         targets["tune"] = "tuned"
     return paths, targets
-
-
-def _lowers(form: str, site) -> bool:
-    return exists_at(form, site.opset) and (form != "centred_conv" or site.centrable)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> str:

@@ -21,7 +21,7 @@ from onnxscript.rewriter import pattern
 
 from ln2d.export.fusion.canonicalize import canonical_rules
 from ln2d.export.fusion.diagnose import rejected_sites
-from ln2d.export.fusion.forms import FORMS, centrable, exists_at
+from ln2d.export.fusion.forms import centrable, lowers
 from ln2d.export.fusion.lowering import lowering_rules
 from ln2d.export.fusion.patterns import DOMAIN, PLACEHOLDER, affine_rules, matching_rules
 from ln2d.export.fusion.report import FusionReport, Site, op_histogram
@@ -94,7 +94,7 @@ def lower(
         return matched.source, report
     for site in report.fused:
         site.form, site.why = _choice(choose, site)
-        if not _applies(site.form, site):
+        if not lowers(site.form, site):
             raise ValueError(f"form {site.form!r} cannot lower {site.name} ({site.opset=})")
     graph = ir.serde.deserialize_model(matched.placeholders)
     before = set(graph.graph)
@@ -119,11 +119,6 @@ def _choice(choose, site: Site) -> tuple[str, str]:
     if isinstance(choose, Mapping):
         return choose[site.name], "chosen by name"
     return choose(site)
-
-
-def _applies(form: str, site: Site) -> bool:
-    needs_conv = form == "centred_conv"
-    return form in FORMS and exists_at(form, site.opset) and (site.centrable or not needs_conv)
 
 
 def _to_fixpoint(

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ln2d.export.fusion.patterns import new_initializer
+from ln2d.export.fusion.report import Site
 
 Form = Callable[..., ir.Value]
 _LOW_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
@@ -204,3 +205,15 @@ MIN_OPSET = {"transpose_layernorm": 17}  # LayerNormalization; every other form:
 def exists_at(form: str, opset: int) -> bool:
     """The form's ops are all in this opset."""
     return opset >= MIN_OPSET.get(form, 13)
+
+
+def lowers(form: str, site: Site) -> bool:
+    """The form can replace this site: its ops exist at the site's opset, and centred_conv
+    only where a Conv can be centred."""
+    needs_conv = form == "centred_conv"
+    return form in FORMS and exists_at(form, site.opset) and (site.centrable or not needs_conv)
+
+
+def forms_for(site: Site) -> list[str]:
+    """Every form that can replace this site."""
+    return [form for form in FORMS if lowers(form, site)]

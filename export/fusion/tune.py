@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ln2d.export import metadata, timing
 from ln2d.export.fusion import Matched, lower
-from ln2d.export.fusion.forms import FORMS, exists_at
+from ln2d.export.fusion.forms import forms_for
 from ln2d.export.fusion.report import FusionReport, Site
 
 MARGIN = 0.01  # a form must be this much faster (geomean over shapes) to replace another
@@ -47,7 +47,9 @@ def tune(matched: Matched, options: TuneOptions) -> tuple[onnx.ModelProto, Fusio
     bar = tqdm(total=len(groups) + 1, desc="tune", disable=not options.progress)
     for key, members in groups:
         bar.set_postfix_str(key)
-        trial = {form: {**best, **{s.name: form for s in members}} for form in _forms(members)}
+        trial = {
+            form: {**best, **{s.name: form for s in members}} for form in forms_for(members[0])
+        }
         models = {form: lower(matched, assignment)[0] for form, assignment in trial.items()}
         ms = _time(models, options)
         current = best[members[0].name]
@@ -84,15 +86,6 @@ def _groups(sites: list[Site]) -> Iterator[tuple[str, list[Site]]]:
         key += ", centrable" if site.centrable else ""
         groups.setdefault(key, []).append(site)
     yield from groups.items()
-
-
-def _forms(members: list[Site]) -> list[str]:
-    site = members[0]
-    return [
-        form
-        for form in FORMS
-        if exists_at(form, site.opset) and (form != "centred_conv" or site.centrable)
-    ]
 
 
 def _time(models: dict[str, onnx.ModelProto], options: TuneOptions) -> dict[str, list[float]]:
