@@ -1,6 +1,32 @@
-"""The one exception type that becomes an HTTP error answer: ``{"error": message}``."""
+"""The one exception type that becomes an HTTP error answer, ``{"error": message}``, and how
+the OpenAPI document describes those answers."""
 
 from __future__ import annotations
+
+from pydantic import BaseModel
+
+# What each error status means on this server, as the OpenAPI document says it.
+MEANINGS = {
+    400: "malformed input: image, tensor, JSON, shape, or not ready (readiness)",
+    401: "missing or wrong bearer token (when the server has one)",
+    404: "unknown model name or version",
+    413: "body, image or image count over the server's limits",
+    415: "unsupported media type, or a compressed body",
+    422: "a query or path parameter out of range",
+    503: "busy or not ready; retry after the Retry-After header",
+    504: "the request's deadline passed before inference finished",
+}
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer's body."""
+
+    error: str
+
+
+def documented(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` entries for these error statuses, all with the error schema."""
+    return {s: {"model": ErrorResponse, "description": MEANINGS[s]} for s in statuses}
 
 
 class ApiError(Exception):

@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 from ln2d.serve import images
 from ln2d.serve.batcher import Result
 from ln2d.serve.dataplane import DataPlane, refuse_compressed
-from ln2d.serve.errors import ApiError
+from ln2d.serve.errors import ApiError, documented
 
 
 class Prediction(BaseModel):
@@ -48,6 +48,9 @@ _BODY = {
 }
 
 
+CLASSIFY_ERRORS = (400, 401, 413, 415, 422, 503, 504)
+
+
 def router(state: DataPlane) -> APIRouter:
     routes = APIRouter(tags=["classify"])
     settings, info = state.settings, state.info
@@ -56,7 +59,7 @@ def router(state: DataPlane) -> APIRouter:
         "/v1/classify",
         summary="Classify images: the raw body, or one or more multipart 'file' fields",
         response_model=None,
-        responses={200: {"model": ClassifyResponse}},
+        responses={200: {"model": ClassifyResponse}, **documented(*CLASSIFY_ERRORS)},
         openapi_extra=_BODY,
     )
     async def classify(
@@ -79,7 +82,11 @@ def router(state: DataPlane) -> APIRouter:
             "timings_ms": _timings(arrived, decoded, results),
         }
 
-    @routes.get("/v1/model", summary="The served model: name, labels, input, provider")
+    @routes.get(
+        "/v1/model",
+        summary="The served model: name, labels, input, provider",
+        responses=documented(401),
+    )
     async def model() -> dict:
         return {
             "name": info.name,

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ln2d.serve import v2_codec
 from ln2d.serve.dataplane import DataPlane, refuse_compressed
+from ln2d.serve.errors import documented
 
 # Parsing a JSON tensor this large would hold the event loop for milliseconds: use a thread.
 INLINE_PARSE_BYTES = 64 * 1024
@@ -21,7 +22,7 @@ def router(state: DataPlane) -> APIRouter:
     routes = APIRouter(tags=["v2 (Open Inference Protocol)"])
     info = state.info
 
-    @routes.get("/v2", summary="Server metadata")
+    @routes.get("/v2", summary="Server metadata", responses=documented(401))
     async def server_metadata() -> dict:
         return {
             "name": "ln2d",
@@ -69,15 +70,26 @@ def router(state: DataPlane) -> APIRouter:
         return Response(content, headers=headers)
 
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        routes.add_api_route(prefix, model_metadata, methods=["GET"], summary="Model metadata")
         routes.add_api_route(
-            prefix + "/ready", model_ready, methods=["GET"], summary="Model readiness"
+            prefix,
+            model_metadata,
+            methods=["GET"],
+            summary="Model metadata",
+            responses=documented(401, 404),
+        )
+        routes.add_api_route(
+            prefix + "/ready",
+            model_ready,
+            methods=["GET"],
+            summary="Model readiness",
+            responses=documented(400, 401, 404),
         )
         routes.add_api_route(
             prefix + "/infer",
             infer,
             methods=["POST"],
             summary="Inference: JSON tensors or binary tensor data",
+            responses=documented(400, 401, 404, 413, 415, 503, 504),
             response_model=None,
         )
     return routes

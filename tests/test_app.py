@@ -78,3 +78,37 @@ def test_model_and_metrics(client):
     assert model["name"] == "tiny" and len(model["labels"]) == 10
     metrics = client.get("/metrics").text
     assert 'ln2d_requests_total{endpoint="/v1/classify",status="200"}' in metrics
+
+
+def test_openapi_documents_every_error_answer(client):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    error_ref = "#/components/schemas/ErrorResponse"
+    expected = {
+        ("/v1/classify", "post"): {"200", "400", "401", "413", "415", "422", "503", "504"},
+        ("/v1/model", "get"): {"200", "401"},
+        ("/v2/models/{name}/infer", "post"): {
+            "200",
+            "400",
+            "401",
+            "404",
+            "413",
+            "415",
+            "503",
+            "504",
+        },
+        ("/v2/models/{name}/ready", "get"): {"200", "400", "401", "404"},
+        ("/v2/health/ready", "get"): {"200", "400"},
+    }
+    for (path, method), statuses in expected.items():
+        responses = paths[path][method]["responses"]
+        assert statuses <= set(responses), (path, sorted(responses))
+        for status in statuses - {"200", "422"}:
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": error_ref}, (path, status)
+    assert spec["components"]["schemas"]["ErrorResponse"]["required"] == ["error"]
+    metrics = paths["/metrics"]["get"]["responses"]["200"]["content"]
+    assert any(media.startswith("text/plain") for media in metrics)
+    # And the server answers as documented: an unknown model is a 404 with the error schema.
+    answer = client.post("/v2/models/nope/infer", json={"inputs": []})
+    assert answer.status_code == 404 and set(answer.json()) == {"error"}
