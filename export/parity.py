@@ -18,11 +18,13 @@ import torch
 
 from ln2d.checkpoint import Checkpoint
 from ln2d.constants import PROVIDERS
+from ln2d.data import Preprocessing
 from ln2d.errors import UserError
 from ln2d.export import metadata
 from ln2d.export.numerics import close, tolerance
 from ln2d.export.onnx_export import INPUT_NAME
 from ln2d.export.onnx_io import load_model
+from ln2d.training import predict_logits
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def check_parity(
     atol = atol if options.atol is None else options.atol
     rtol = rtol if options.rtol is None else options.rtol
     x = np.asarray(inputs).astype(dtype)
-    reference = _torch_outputs(model, x.astype(np.float32))
+    reference = predict_logits(model, x.astype(np.float32))
     unfused = _unfused(model, onnx_model, x)
     requested, listed = _providers(options.providers)
     report = ParityReport(str(model_path), options.data, len(x), atol, rtol, requested=requested)
@@ -148,15 +150,14 @@ def check_parity(
 def model_inputs(model_path: Path, data: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Inputs for a user's model, shaped and normalised as its ``ln2d.input`` metadata says:
     random ones, the digits, or an image folder (labels where its classes are the model's)."""
-    from ln2d.data import Preprocessing, load_digits, load_image_folder
+    from ln2d.data import load_digits, load_image_folder
 
     meta = metadata.read(load_model(Path(model_path)))
     if "input" not in meta:
         raise UserError(f"{model_path} has no ln2d.input metadata: export it with ln2d export")
     pre = Preprocessing.from_dict(json.loads(meta["input"]))
     if data == "random":
-        shape = (32, pre.channels, pre.height, pre.width)
-        return np.random.default_rng(0).standard_normal(shape).astype(np.float32), None
+        return _random_inputs(pre), None
     labels = tuple(json.loads(meta.get("labels", "[]")))
     if data == "digits":
         dataset = load_digits(pre.height, pre.channels)
@@ -164,12 +165,6 @@ def model_inputs(model_path: Path, data: str) -> tuple[np.ndarray, np.ndarray | 
         dataset = load_image_folder(Path(data), pre.channels, pre.height, pre.width)
     known = dataset.labels == labels
     return pre(dataset.images), dataset.targets if known else None
-
-
-def _torch_outputs(model: torch.nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    with torch.inference_mode():
-        chunks = [model(torch.from_numpy(x[i : i + batch])) for i in range(0, len(x), batch)]
-    return torch.cat(chunks).float().numpy()
 
 
 def _unfused(model: torch.nn.Module, onnx_model: onnx.ModelProto, x: np.ndarray):
@@ -209,10 +204,14 @@ def _inputs(checkpoint: Checkpoint, data: str) -> tuple[np.ndarray, np.ndarray |
     from ln2d.commands import checkpoint_eval_data
 
     if data == "random":
-        pre = checkpoint.preprocessing
-        rng = np.random.default_rng(0)
-        return rng.standard_normal((32, pre.channels, pre.height, pre.width)), None
+        return _random_inputs(checkpoint.preprocessing), None
     return checkpoint_eval_data(checkpoint, None if data == "digits" else Path(data))
+
+
+def _random_inputs(pre: Preprocessing) -> np.ndarray:
+    """32 standard-normal inputs of the model's shape (``--data random``)."""
+    shape = (32, pre.channels, pre.height, pre.width)
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
 def _compare(name, provider, actual, expected, atol, rtol) -> Comparison:
@@ -271,7 +270,7 @@ def bisect(torch_model, model, provider, x, atol, rtol) -> dict:
         for s in hooked
     ]
     try:
-        _torch_outputs(torch_model, x.astype(np.float32))
+        predict_logits(torch_model, x.astype(np.float32))
     finally:
         for handle in handles:
             handle.remove()
