@@ -27,8 +27,9 @@ AA_LIMIT = 0.05  # an A/A ratio further from 1 than this marks the run as too no
 Runner = Callable[[], object]
 
 
-def session(model: bytes | str, threads: int, provider: str = "cpu"):
-    """An InferenceSession with ``threads`` intra-op threads, spinning off, one inter-op."""
+def session(model: bytes | str, threads: int, provider: str = "cpu", profile_to: str = ""):
+    """An InferenceSession with ``threads`` intra-op threads, spinning off, one inter-op;
+    with ``profile_to``, ONNX Runtime's profiler writes there (a file name prefix)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -37,6 +38,9 @@ def session(model: bytes | str, threads: int, provider: str = "cpu"):
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if profile_to:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_to
     return ort.InferenceSession(model, options, providers=[PROVIDERS[provider]])
 
 
@@ -47,16 +51,8 @@ def op_profile(model: str, feeds: dict[str, np.ndarray], threads: int, runs: int
     import os
     import tempfile
 
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
     with tempfile.TemporaryDirectory() as folder:
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(folder, "ort")
-        profiled = ort.InferenceSession(model, options, providers=[PROVIDERS["cpu"]])
+        profiled = session(model, threads, profile_to=os.path.join(folder, "ort"))
         for _ in range(runs + 2):
             profiled.run(None, feeds)
         with open(profiled.end_profiling()) as trace:
