@@ -14,6 +14,12 @@ def tolerance(dtype) -> tuple[float, float]:
     return TOLERANCES.get(np.dtype(dtype).type, TOLERANCES[np.float32])
 
 
+def numpy_type(type_name: str) -> np.dtype:
+    """ONNX Runtime's 'tensor(float)' as numpy's float32, and so on."""
+    element = type_name.removeprefix("tensor(").removesuffix(")")
+    return np.dtype({"float": "float32", "double": "float64"}.get(element, element))
+
+
 def close(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> bool:
     """numpy's allclose rule, |actual - expected| <= atol + rtol * |expected| in float64,
     and every actual value finite."""

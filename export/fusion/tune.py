@@ -26,6 +26,7 @@ from ln2d.export import metadata, timing
 from ln2d.export.fusion import Matched, lower
 from ln2d.export.fusion.forms import forms_for
 from ln2d.export.fusion.report import FusionReport, Site
+from ln2d.export.numerics import numpy_type
 
 MARGIN = 0.01  # a form must be this much faster (geomean over shapes) to replace another
 
@@ -114,7 +115,7 @@ def _beats(new: list[float], old: list[float]) -> bool:
 
 def _feeds(model_session, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     (value,) = model_session.get_inputs()
-    dtype = np.float16 if value.type == "tensor(float16)" else np.float32
+    dtype = numpy_type(value.type)
     return {value.name: np.random.default_rng(0).standard_normal(shape).astype(dtype)}
 
 

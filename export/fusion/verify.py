@@ -11,7 +11,7 @@ import onnx
 
 from ln2d.errors import CheckFailed
 from ln2d.export.fusion.report import FusionReport
-from ln2d.export.numerics import close, tolerance
+from ln2d.export.numerics import close, numpy_type, tolerance
 
 # Sizes given to symbolic dimensions, per probe: (the first dimension, every other one).
 # Two probes, so a graph that only works at its export shape is caught; the fallbacks serve
@@ -102,7 +102,7 @@ def _random_feeds(session, batch: int, sizes: tuple[int, int]) -> dict[str, np.n
     feeds = {}
     for value in session.get_inputs():
         shape = [_size(dim, axis, batch, sizes) for axis, dim in enumerate(value.shape)]
-        dtype = _numpy_type(value.type)
+        dtype = numpy_type(value.type)
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.standard_normal(shape).astype(dtype)
         else:
@@ -115,12 +115,6 @@ def _size(dim, axis: int, batch: int, sizes: tuple[int, int]) -> int:
     if isinstance(dim, int):
         return dim
     return batch if axis == 0 else sizes[axis % 2]
-
-
-def _numpy_type(type_name: str) -> np.dtype:
-    """ONNX Runtime's 'tensor(float)' as numpy's float32, and so on."""
-    element = type_name.removeprefix("tensor(").removesuffix(")")
-    return np.dtype({"float": "float32", "double": "float64"}.get(element, element))
 
 
 def _numbers_message(original, fused, feeds, report: FusionReport) -> str:
