@@ -36,7 +36,7 @@ from ln2d.cpu_quota import available_cpus
 from ln2d.errors import UserError
 from ln2d.export import timing
 from ln2d.export.bench_models import NETWORKS, Network, build, without_norms
-from ln2d.export.fusion import fuse_model, lower, match
+from ln2d.export.fusion import lower, match, verify
 from ln2d.export.fusion.forms import FORMS, lowers
 from ln2d.export.fusion.targets import TARGETS
 from ln2d.export.onnx_export import DEFAULT_OPSET, module_to_onnx
@@ -130,7 +130,8 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
             graphs[form] = lower(matched, {site.name: form for site in sites})[0]
     targets = {}
     for target in TARGETS:
-        fused, report = fuse_model(decomposed, target)
+        fused, report = lower(matched, target)
+        verify(decomposed, fused, report)
         forms = {site.form for site in report.fused}
         (variant,) = forms if len(forms) == 1 else (f"target:{target}",)
         graphs.setdefault(variant, fused)

@@ -2,7 +2,7 @@
 
 Scenarios: ``/v1/classify`` with a 224x224 PNG photo and v2 binary infer with one
 ``(1, C, H, W)`` tensor at each concurrency; an overload run (rejections and admitted requests
-timed apart); and a soak run for resident-memory growth. The load generator (export.loadgen)
+timed apart); and a soak run for resident-memory growth. The load generator (``loadgen``)
 runs in this process, the server in its own.
 """
 
