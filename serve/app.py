@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from ln2d.serve import page, routes_health, routes_v1, routes_v2
 from ln2d.serve.dataplane import DataPlane
 from ln2d.serve.errors import ApiError
-from ln2d.serve.middleware import BodyLimit, LoadShedding, RequestLog
+from ln2d.serve.middleware import BodyGuard, LoadShedding, RequestLog
 from ln2d.serve.model import Model
 from ln2d.serve.settings import Settings
 
@@ -67,7 +67,7 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
             expose_headers=["X-Request-ID", "Inference-Header-Content-Length"],
         )
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, limit=settings.max_body_bytes, timeout_s=settings.timeout_s)
     app.add_middleware(LoadShedding, busy=state.shed_reason)
     app.add_middleware(RequestLog, metrics=state.metrics, enabled=settings.access_log)
     return app

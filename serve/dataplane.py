@@ -86,8 +86,10 @@ class DataPlane:
                 404, f"unknown model {asked}; this server has {self.info.name!r} version '1'"
             )
 
-    def deadline(self) -> float:
-        return time.monotonic() + self.settings.timeout_s
+    @staticmethod
+    def deadline(request: Request) -> float:
+        """The request's deadline, set by the body guard when its head arrived."""
+        return request.state.deadline
 
     async def decode(self, blobs: Sequence[bytes]) -> np.ndarray:
         """Decode images in the decoder threads (Pillow releases the GIL), all at once."""

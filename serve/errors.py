@@ -10,6 +10,7 @@ MEANINGS = {
     400: "malformed input: image, tensor, JSON, shape, or not ready (readiness)",
     401: "missing or wrong bearer token (when the server has one)",
     404: "unknown model name or version",
+    408: "the request body did not arrive within the request's deadline",
     413: "body, image or image count over the server's limits",
     415: "unsupported media type, or a compressed body",
     422: "a query or path parameter out of range",

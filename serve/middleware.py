@@ -1,8 +1,10 @@
 """Plain ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): access log with a
-request id and request metrics, the request body limit, and load shedding."""
+request id and request metrics, the request body's limits in size and time, and load
+shedding."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -78,34 +80,52 @@ def _request_id(scope: Scope) -> bytes:
     return f"{_ID_PREFIX}-{next(_ids)}".encode()
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
-class BodyLimit:
-    """413 for a body over ``limit`` bytes: at once from Content-Length, or as soon as a
-    streamed (chunked) body crosses it, before it is all read."""
+class BodyGuard:
+    """Bounds how much a request body may be and how long it may take to arrive.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    413 for a body over ``limit`` bytes: at once from Content-Length, or as soon as a streamed
+    (chunked) body crosses it. 408 for a body not complete by the request's deadline, which
+    starts here, when the head has arrived, and which the handler then shares
+    (``scope["state"]["deadline"]``, in ``time.monotonic()`` seconds). Both close the
+    connection: the rest of the body is never read.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        deadline = time.monotonic() + self.timeout_s
+        scope.setdefault("state", {})["deadline"] = deadline
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(send)
+            await send_error(send, 413, self._too_large, {"connection": "close"})
             return
         received = 0
+        complete = False
         started = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal received, complete
+            if complete:  # after the body, receive() waits for a disconnect: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyRefused(408, self._too_slow(received)) from None
             received += len(message.get("body", b""))
             if received > self.limit:
-                raise BodyTooLarge
+                raise BodyRefused(413, self._too_large)
+            complete = not message.get("more_body", False)
             return message
 
         async def watching_send(message: Message) -> None:
@@ -114,14 +134,20 @@ class BodyLimit:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, watching_send)
-        except BodyTooLarge:
+            await self.app(scope, guarded_receive, watching_send)
+        except BodyRefused as refused:
             if not started:
-                await self._too_large(send)
+                await send_error(send, refused.status, refused.message, {"connection": "close"})
 
-    async def _too_large(self, send: Send) -> None:
-        message = f"request body larger than {self.limit} bytes"
-        await send_error(send, 413, message, {"connection": "close"})
+    @property
+    def _too_large(self) -> str:
+        return f"request body larger than {self.limit} bytes"
+
+    def _too_slow(self, received: int) -> str:
+        return (
+            f"request body not complete within the {self.timeout_s:g} s deadline "
+            f"({received} bytes received)"
+        )
 
 
 class LoadShedding:

@@ -48,7 +48,7 @@ _BODY = {
 }
 
 
-CLASSIFY_ERRORS = (400, 401, 413, 415, 422, 503, 504)
+CLASSIFY_ERRORS = (400, 401, 408, 413, 415, 422, 503, 504)
 
 
 def router(state: DataPlane) -> APIRouter:
@@ -67,7 +67,7 @@ def router(state: DataPlane) -> APIRouter:
         top_k: int = Query(settings.top_k, ge=1, description="classes per image"),
     ) -> dict:
         state.check_ready()
-        arrived, deadline = time.monotonic(), state.deadline()
+        arrived, deadline = time.monotonic(), state.deadline(request)
         blobs = await _images(request, settings.max_images)
         with state.batcher.admit(len(blobs)) as admission:
             samples = await state.decode(blobs)

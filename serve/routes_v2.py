@@ -52,7 +52,7 @@ def router(state: DataPlane) -> APIRouter:
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         state.check_model(name, version)
         state.check_ready()
-        deadline = state.deadline()
+        deadline = state.deadline(request)
         refuse_compressed(request)
         body = await request.body()
         header_length = request.headers.get(v2_codec.HEADER_LENGTH)
@@ -89,7 +89,7 @@ def router(state: DataPlane) -> APIRouter:
             infer,
             methods=["POST"],
             summary="Inference: JSON tensors or binary tensor data",
-            responses=documented(400, 401, 404, 413, 415, 503, 504),
+            responses=documented(400, 401, 404, 408, 413, 415, 503, 504),
             response_model=None,
         )
     return routes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -11,6 +12,7 @@ import uvicorn
 
 from ln2d.cpu_quota import available_cpus
 from ln2d.serve.app import create_app
+from ln2d.serve.connections import HeadTimeoutProtocol
 from ln2d.serve.dataplane import DataPlane
 from ln2d.serve.model import Model
 from ln2d.serve.settings import Settings
@@ -82,6 +84,7 @@ def serve(settings: Settings) -> bool:
         port=settings.port,
         log_config=None,
         log_level=settings.log_level,
+        http=functools.partial(HeadTimeoutProtocol, head_timeout_s=settings.head_timeout_s),
         access_log=False,  # ours is structured and carries the request id
         timeout_graceful_shutdown=settings.drain_timeout_s,
         server_header=False,

@@ -42,7 +42,14 @@ class Settings(BaseSettings):
     timeout_s: float = Field(
         BATCHING.timeout_s,
         gt=0,
-        description="per-request deadline from arrival to answer; beyond it: 504",
+        description="per-request deadline from arrival to answer: a body not in by then gets 408, "
+        "an answer not ready by then 504",
+    )
+    head_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a connection whose request head is not complete this long after it opened "
+        "(or after the previous answer) is closed",
     )
     threads: int = Field(
         0, ge=0, description="ONNX Runtime intra-op threads (0 = from the CPU quota)"

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 
 import httpx
 import onnx
@@ -257,14 +258,9 @@ def test_clients_that_leave_mid_body_are_499_not_500(digits_onnx):
     """A bounded storm of clients that send half a body and hang up, on loopback: each is
     counted as 499, nothing is a 500, no traceback is logged, and normal clients are served."""
     with ServerProcess(digits_onnx) as server:
-        host, port = server.url.removeprefix("http://").split(":")
-        head = (
-            b"POST /v1/classify HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
-            b"Content-Length: 100000\r\n\r\n"
-        )
         for _ in range(40):
-            with socket.create_connection((host, int(port)), timeout=5) as sock:
-                sock.sendall(head + GOOD_PNG[:100])
+            with _open(server.url, _POST_HEAD + GOOD_PNG[:100]):
+                pass
         served = httpx.post(f"{server.url}/v1/classify", content=GOOD_PNG, headers=PNG_HEADERS)
         assert served.status_code == 200
         deadline = time.monotonic() + 10
@@ -281,3 +277,63 @@ def test_clients_that_leave_mid_body_are_499_not_500(digits_onnx):
 def _counter(metrics: str, endpoint: str, status: str) -> float:
     key = f'ln2d_requests_total{{endpoint="{endpoint}",status="{status}"}} '
     return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(key))
+
+
+def test_a_body_late_for_the_deadline_gets_408_and_normal_clients_are_served(digits_onnx):
+    """Twenty clients send a head and a sliver of body, then stall. Each gets 408 once the
+    request deadline passes, and its connection is closed; meanwhile others are served."""
+    with ServerProcess(digits_onnx, ["--timeout-s", "1"]) as server:
+        stalled = [_open(server.url, _POST_HEAD + GOOD_PNG[:100]) for _ in range(20)]
+        sent = time.monotonic()
+        served = httpx.post(f"{server.url}/v1/classify", content=GOOD_PNG, headers=PNG_HEADERS)
+        assert served.status_code == 200
+        for sock in stalled:
+            with sock:
+                answer = _read_until_closed(sock)
+                assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer
+                assert b"not complete within the 1 s deadline" in answer
+        assert time.monotonic() - sent < 5
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert _counter(metrics, "/v1/classify", "408") == 20
+        assert _counter(metrics, "/v1/classify", "500") == 0
+
+
+def test_connections_without_a_complete_head_are_closed(digits_onnx):
+    """Silent sockets and a head trickled a byte at a time are closed after --head-timeout-s;
+    a client that sends whole requests on a kept-alive connection is not."""
+    with ServerProcess(digits_onnx, ["--head-timeout-s", "1"]) as server:
+        silent = [_open(server.url, b"") for _ in range(200)]
+        trickling = _open(server.url, b"GET /v2/health/live HTTP/1.1\r\nX-Slow: ")
+        opened = time.monotonic()
+        with httpx.Client(base_url=server.url) as client:
+            while time.monotonic() - opened < 1.5:
+                with suppress(OSError):  # the server may close it mid-trickle, as it should
+                    trickling.sendall(b"a")
+                assert client.get("/v2/health/live").status_code == 200
+                time.sleep(0.05)
+        for sock in [*silent, trickling]:
+            with sock:
+                assert _read_until_closed(sock) == b""
+        assert time.monotonic() - opened < 5
+
+
+_POST_HEAD = (
+    b"POST /v1/classify HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+    b"Content-Length: 100000\r\n\r\n"
+)
+
+
+def _open(url: str, first_bytes: bytes) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(first_bytes)
+    return sock
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket's timeout
+    bounds the wait)."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
