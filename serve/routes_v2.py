@@ -7,7 +7,7 @@ import asyncio
 from importlib.metadata import version as package_version
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from ln2d.serve import v2_codec
@@ -21,6 +21,8 @@ INLINE_PARSE_BYTES = 64 * 1024
 def router(state: DataPlane) -> APIRouter:
     routes = APIRouter(tags=["v2 (Open Inference Protocol)"])
     info = state.info
+    # The one model this server has, as the document's only valid name.
+    model_name = Path(json_schema_extra={"enum": [info.name]})
 
     @routes.get("/v2", summary="Server metadata", responses=documented(401))
     async def server_metadata() -> dict:
@@ -30,7 +32,7 @@ def router(state: DataPlane) -> APIRouter:
             "extensions": ["binary_tensor_data", "classification"],
         }
 
-    async def model_metadata(name: str, version: str | None = None) -> dict:
+    async def model_metadata(name: str = model_name, version: str | None = None) -> dict:
         state.check_model(name, version)
         return {
             "name": info.name,
@@ -45,11 +47,13 @@ def router(state: DataPlane) -> APIRouter:
             },
         }
 
-    async def model_ready(name: str, version: str | None = None) -> JSONResponse:
+    async def model_ready(name: str = model_name, version: str | None = None) -> JSONResponse:
         state.check_model(name, version)
         return state.readiness(name=name)
 
-    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    async def infer(
+        request: Request, name: str = model_name, version: str | None = None
+    ) -> Response:
         state.check_model(name, version)
         state.check_ready()
         deadline = state.deadline(request)
@@ -69,6 +73,7 @@ def router(state: DataPlane) -> APIRouter:
         content, headers = v2_codec.build_response(parsed, logits, info)
         return Response(content, headers=headers)
 
+    infer_body = _infer_body(v2_codec.request_schema(info, state.settings.max_images))
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         routes.add_api_route(
             prefix,
@@ -89,10 +94,44 @@ def router(state: DataPlane) -> APIRouter:
             infer,
             methods=["POST"],
             summary="Inference: JSON tensors or binary tensor data",
-            responses=documented(400, 401, 404, 408, 413, 415, 503, 504),
+            responses={200: _INFER_ANSWER, **documented(400, 401, 404, 408, 413, 415, 503, 504)},
             response_model=None,
+            openapi_extra=infer_body,
         )
     return routes
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_INFER_ANSWER = {
+    "description": "the outputs: JSON, or with binary outputs a JSON header of "
+    "Inference-Header-Content-Length bytes followed by the raw tensors",
+    "content": {
+        "application/json": {"schema": v2_codec.RESPONSE_SCHEMA},
+        "application/octet-stream": _BINARY,
+    },
+}
+
+
+def _infer_body(json_schema: dict) -> dict:
+    return {
+        "parameters": [
+            {
+                "name": "Inference-Header-Content-Length",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1},
+                "description": "binary tensor data: the length of the JSON header that "
+                "starts the body; the raw tensors follow it",
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_schema},
+                "application/octet-stream": _BINARY,
+            },
+        },
+    }
 
 
 def _tensor(name: str, shape: list[int]) -> dict:

@@ -94,6 +94,91 @@ def build_response(
     }
 
 
+def request_schema(info: ModelInfo, max_images: int) -> dict:
+    """The JSON Schema of an infer request to this model, for the OpenAPI document. One rule
+    is beyond JSON Schema and only stated: ``data`` holds N x C x H x W numbers."""
+    channels, height, width = info.sample_shape
+    shape = {
+        "type": "array",
+        "prefixItems": [
+            {"type": "integer", "minimum": 1, "maximum": max_images},
+            *({"const": size} for size in info.sample_shape),
+        ],
+        "items": False,
+        "minItems": 4,
+    }
+    tensor = {
+        "type": "object",
+        "properties": {
+            "name": {"const": info.input_name},
+            "datatype": {"const": DATATYPE},
+            "shape": shape,
+            "data": {
+                "type": "array",
+                "items": {"type": "number"},
+                "description": f"N x {channels} x {height} x {width} finite numbers, row-major",
+            },
+            "parameters": {
+                "type": "object",
+                "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+            },
+        },
+        "required": ["name", "datatype", "shape"],
+    }
+    output = {
+        "type": "object",
+        "properties": {
+            "name": {"const": info.output_name},
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "binary_data": {"type": "boolean"},
+                    "classification": {"type": "integer", "minimum": 0},
+                },
+            },
+        },
+        "required": ["name"],
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "inputs": {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1},
+            "outputs": {"type": "array", "items": output, "minItems": 1, "maxItems": 1},
+            "parameters": {
+                "type": "object",
+                "properties": {"binary_data_output": {"type": "boolean"}},
+            },
+        },
+        "required": ["inputs"],
+    }
+
+
+RESPONSE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "datatype": {"enum": [DATATYPE, "BYTES"]},
+                    "shape": {"type": "array", "items": {"type": "integer"}},
+                    "data": {"type": "array", "items": {"type": ["number", "string"]}},
+                    "parameters": {"type": "object"},
+                },
+                "required": ["name", "datatype", "shape"],
+            },
+        },
+    },
+    "required": ["model_name", "model_version", "outputs"],
+}
+
+
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
