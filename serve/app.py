@@ -53,11 +53,13 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
     )
     app.state.ln2d = state
     _add_error_handlers(app)
-    auth = [Depends(_bearer(settings))]
-    app.include_router(routes_health.router(state))
-    page.mount(app)
+    # Without a token there is nothing to check, and a dependency costs time on every request.
+    auth = [Depends(_bearer(settings))] if settings.token else []
+    # Routes are matched in order: the busiest first.
     app.include_router(routes_v1.router(state), dependencies=auth)
     app.include_router(routes_v2.router(state), dependencies=auth)
+    app.include_router(routes_health.router(state))
+    page.mount(app)
     # Added last = outermost: the log sees every answer, including 413s and CORS refusals.
     if settings.cors_origins:
         app.add_middleware(
@@ -74,11 +76,10 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
 
 
 def _bearer(settings: Settings):  # async: a sync dependency costs a thread hop per request
-    expected = settings.token.get_secret_value().encode() if settings.token else None
+    assert settings.token is not None
+    expected = settings.token.get_secret_value().encode()
 
     async def require_token(request: Request) -> None:
-        if expected is None:
-            return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
             raise ApiError(

@@ -5,6 +5,10 @@ of them, waiting at most ``max_delay`` after the oldest when the queue is short,
 batch in one inference thread; while it runs, the next batch fills. Admission is counted in
 images from the moment a request is accepted (before decoding), so an overloaded server refuses
 work at the door, in microseconds, instead of queueing it behind a growing backlog.
+
+A request that arrives alone has nothing to be batched with: ``run_alone`` prepares (decodes)
+and runs it in one trip to the inference thread, so that an idle server costs no more hops than
+a plain endpoint. Requests that arrive meanwhile queue behind it in that same thread.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Result:
 class Admission:
     """A request's reservation, from ``admit`` to its answer."""
 
+    images: int
     unsubmitted: int
 
 
@@ -96,7 +101,7 @@ class Batcher:
                 f"server busy: {self._admitted} images queued (limit {self.max_queue})",
                 {"Retry-After": "1"},
             )
-        admission = Admission(images)
+        admission = Admission(images, images)
         self._admitted += images
         self._incoming += images
         self._metrics.queue_depth.set(self._admitted)
@@ -129,6 +134,49 @@ class Batcher:
             self._metrics.rejections.labels("deadline").inc()
             raise ApiError(504, "deadline exceeded while waiting for inference") from None
         return [done] if len(futures) == 1 else done
+
+    def alone(self, admission: Admission) -> bool:
+        """Whether this request is the only one admitted: there is nothing to batch it with."""
+        return self._admitted == admission.images
+
+    async def run_alone(
+        self, admission: Admission, prepare: Callable[[], np.ndarray], deadline: float
+    ) -> tuple[float, list[Result]]:
+        """Seconds ``prepare`` took and the results, for a request that ``alone`` admits:
+        ``prepare()`` (decoding) and inference run in one trip to the inference thread.
+        504 if they are not done by ``deadline``."""
+        self._incoming -= admission.unsubmitted  # no batch should wait for these
+        admission.unsubmitted = 0
+        job = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._prepare_and_run, prepare
+        )
+        try:
+            prepare_s, logits, inference_s = await asyncio.wait_for(
+                job, max(0.0, deadline - time.monotonic())
+            )
+        except asyncio.TimeoutError:
+            self._metrics.rejections.labels("deadline").inc()
+            raise ApiError(504, "deadline exceeded while waiting for inference") from None
+        self._metrics.batch_size.observe(len(logits))
+        self._metrics.observe("inference", inference_s)
+        self._metrics.observe("queue", 0.0)
+        return prepare_s, [Result(row, 0.0, inference_s) for row in logits]
+
+    def _prepare_and_run(
+        self, prepare: Callable[[], np.ndarray]
+    ) -> tuple[float, np.ndarray, float]:
+        started = time.monotonic()
+        samples = prepare()  # its ApiError (bad input) reaches the client as it is
+        prepared = time.monotonic()
+        return prepared - started, self._run_logged(samples), time.monotonic() - prepared
+
+    def _run_logged(self, samples: np.ndarray) -> np.ndarray:
+        """The model on a batch, in the inference thread; a failure is logged and is a 500."""
+        try:
+            return self._run(samples)
+        except Exception:
+            log.exception("inference failed on a batch of %d", len(samples))
+            raise ApiError(500, "inference failed") from None
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -163,12 +211,11 @@ class Batcher:
         started = time.monotonic()
         stacked = np.stack([item.sample for item in batch])
         try:
-            logits = await loop.run_in_executor(self._executor, self._run, stacked)
-        except Exception:
-            log.exception("inference failed on a batch of %d", len(batch))
+            logits = await loop.run_in_executor(self._executor, self._run_logged, stacked)
+        except ApiError as failed:
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(ApiError(500, "inference failed"))
+                    item.future.set_exception(failed)
             return
         inference_s = time.monotonic() - started
         self._metrics.batch_size.observe(len(batch))

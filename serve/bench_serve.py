@@ -1,25 +1,40 @@
-"""``ln2d bench-serve``: a real ``ln2d serve`` process under load, beside raw ONNX Runtime.
+"""``ln2d bench-serve``: a real ``ln2d serve`` process under load, beside a plain endpoint.
 
-Scenarios: ``/v1/classify`` with a 224x224 PNG photo and v2 binary infer with one
-``(1, C, H, W)`` tensor at each concurrency; an overload run (rejections and admitted requests
-timed apart); and a soak run for resident-memory growth. The load generator (``loadgen``)
-runs in this process, the server in its own.
+The baseline is what most people would write first: FastAPI + uvicorn + ONNX Runtime, one
+handler that decodes and runs the model inline (``plain_app``). It serves the same model with
+the same decoding and inference threads, so that the ratios measure the serving design alone.
+Both servers run at once in their own processes; each point times them one after the other in
+a random order, and an A/A row times the baseline twice, to show the noise.
+
+Scenarios: ``/v1/classify`` with a 224x224 PNG photo, a 12-megapixel JPEG, and eight PNGs in
+one multipart request (ln2d against the baseline); v2 binary infer (ln2d alone); an overload
+run (rejections and admitted requests timed apart); a soak run for resident-memory growth. The
+load generator (``loadgen``) runs in this process.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fastapi import FastAPI, Request
 
+from ln2d.serve import images
 from ln2d.serve.launcher import ServerProcess
 from ln2d.serve.loadgen import LoadResult, http_request, run_load
 from ln2d.serve.model import Model, ModelInfo
+from ln2d.serve.server import inference_threads
+from ln2d.serve.settings import Settings
+
+PLAIN_MODEL = "LN2D_BENCH_PLAIN_MODEL"  # the variable that tells plain_app what to serve
 
 
 @dataclass(frozen=True)
@@ -32,27 +47,59 @@ class BenchOptions:
     server_args: tuple[str, ...]
 
 
+def plain_app() -> FastAPI:
+    """The baseline endpoint (a uvicorn ``--factory``): decode and run inline, nothing else."""
+    settings = Settings(model_path=Path(os.environ[PLAIN_MODEL]))
+    model = Model(settings.model_path, "cpu", False, inference_threads(settings))
+    app = FastAPI()
+
+    @app.post("/v1/classify")
+    async def classify(request: Request) -> dict:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            async with request.form() as form:
+                blobs = [await upload.read() for upload in form.getlist("file")]
+        else:
+            blobs = [await request.body()]
+        batch = np.stack([images.decode(blob, model.info, settings.max_pixels) for blob in blobs])
+        return {"predictions": model.run(batch).argmax(axis=1).tolist()}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict:
+        return {"ready": True}
+
+    return app
+
+
 def run(options: BenchOptions) -> dict:
     model = Model(options.model, "cpu", False, threads=1)
     report: dict = {"model": str(options.model), "raw_onnxruntime": _raw_ort(model, options)}
-    requests = {
-        "classify_png_224": _classify_request(),
-        "v2_binary": _v2_request(model.info),
-    }
+    classify = {name: make() for name, make in CLASSIFY_SCENARIOS.items()}
+    v2 = _v2_request(model.info)
     _progress(f"starting ln2d serve {options.model} {' '.join(options.server_args)}")
-    with ServerProcess(options.model, ["--no-access-log", *options.server_args]) as server:
+    ln2d = ServerProcess(options.model, ["--no-access-log", *options.server_args])
+    _progress("starting the plain FastAPI + ONNX Runtime endpoint")
+    with ln2d, _plain_server(options.model) as plain:
+        servers = {"ln2d": ln2d, "plain": plain}
         rows = []
-        for name, request in requests.items():
+        for name, request in classify.items():
             for concurrency in options.concurrency:
-                _progress(f"{name} at concurrency {concurrency} for {options.seconds:g} s")
-                run_load(server.host, server.port, request, concurrency, 1.0)  # warm
-                result = run_load(server.host, server.port, request, concurrency, options.seconds)
-                rows.append({"scenario": name, "concurrency": concurrency, **_row(result)})
+                rows.append(_compare(name, request, concurrency, servers, options.seconds))
         report["rows"] = rows
-        _progress(f"overload: v2_binary at concurrency {options.overload}")
-        overload = run_load(
-            server.host, server.port, requests["v2_binary"], options.overload, options.seconds
+        _progress("A/A control: the plain endpoint twice, classify_png_224 at concurrency 1")
+        same = {"plain": plain, "plain again": plain}
+        report["a_a"] = _compare(
+            "classify_png_224", classify["classify_png_224"], 1, same, options.seconds
         )
+        report["v2_rows"] = [
+            {
+                "scenario": "v2_binary",
+                "concurrency": c,
+                **_row(_measure(ln2d, v2, c, options.seconds)),
+            }
+            for c in options.concurrency
+        ]
+        _progress(f"overload: v2_binary at concurrency {options.overload}")
+        overload = run_load(ln2d.host, ln2d.port, v2, options.overload, options.seconds)
         report["overload"] = {
             "concurrency": options.overload,
             "status_counts": overload.status_counts(),
@@ -60,9 +107,45 @@ def run(options: BenchOptions) -> dict:
             "rejected_503": overload.summary(503),
             "failures": overload.failures,
         }
-        report["soak"] = _soak(server, requests["v2_binary"], options.soak_requests)
-        report["server_exit_code"] = server.stop()
+        report["soak"] = _soak(ln2d, v2, options.soak_requests)
+        report["server_exit_code"] = ln2d.stop()
     return report
+
+
+def _plain_server(model: Path) -> ServerProcess:
+    command = [sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:plain_app"]
+    args = ["--port", "0", "--no-access-log", "--log-level", "info"]
+    return ServerProcess(None, args, env={PLAIN_MODEL: str(model)}, command=command)
+
+
+def _compare(
+    scenario: str,
+    request: bytes,
+    concurrency: int,
+    servers: dict[str, ServerProcess],
+    seconds: float,
+) -> dict:
+    """Both servers at one point, one after the other in a random order, and their ratios."""
+    order = random.sample(list(servers), len(servers))
+    _progress(
+        f"{scenario} at concurrency {concurrency}: {' then '.join(order)}, {seconds:g} s each"
+    )
+    measured = {
+        name: _row(_measure(servers[name], request, concurrency, seconds)) for name in order
+    }
+    first, second = (measured[name] for name in servers)  # in the order given, not the order run
+    return {
+        "scenario": scenario,
+        "concurrency": concurrency,
+        **{name: measured[name] for name in servers},
+        "req_per_s_ratio": first["req_per_s"] / second["req_per_s"],
+        "p50_ratio": first["p50_ms"] / second["p50_ms"],
+    }
+
+
+def _measure(server: ServerProcess, request: bytes, concurrency: int, seconds: float) -> LoadResult:
+    run_load(server.host, server.port, request, concurrency, 1.0)  # warm
+    return run_load(server.host, server.port, request, concurrency, seconds)
 
 
 def _raw_ort(model: Model, options: BenchOptions) -> dict:
@@ -81,15 +164,52 @@ def _raw_ort(model: Model, options: BenchOptions) -> dict:
     return out
 
 
-def _classify_request() -> bytes:
-    """A real photo (scikit-learn's china.jpg) resized to 224x224, as a PNG body."""
+def _photo(width: int, height: int):
+    """scikit-learn's bundled china.jpg photo at this size."""
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
+    return Image.fromarray(load_sample_image("china.jpg")).resize((width, height))
+
+
+def _encoded(image, image_format: str, **options) -> bytes:
     buffer = io.BytesIO()
-    photo = Image.fromarray(load_sample_image("china.jpg")).resize((224, 224))
-    photo.save(buffer, format="PNG")
-    return http_request("POST", "/v1/classify", buffer.getvalue(), {"Content-Type": "image/png"})
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def _classify_png() -> bytes:
+    body = _encoded(_photo(224, 224), "PNG")
+    return http_request("POST", "/v1/classify", body, {"Content-Type": "image/png"})
+
+
+def _classify_phone_jpeg() -> bytes:
+    """A 12-megapixel (4000x3000) JPEG, as a phone camera writes it."""
+    body = _encoded(_photo(4000, 3000), "JPEG", quality=90)
+    return http_request("POST", "/v1/classify", body, {"Content-Type": "image/jpeg"})
+
+
+def _classify_multipart() -> bytes:
+    """Eight 224x224 PNGs as eight multipart ``file`` fields of one request."""
+    png = _encoded(_photo(224, 224), "PNG")
+    boundary = "ln2d-bench-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{i}.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + png
+        + b"\r\n"
+        for i in range(8)
+    ]
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    content_type = f"multipart/form-data; boundary={boundary}"
+    return http_request("POST", "/v1/classify", body, {"Content-Type": content_type})
+
+
+CLASSIFY_SCENARIOS: dict[str, Callable[[], bytes]] = {
+    "classify_png_224": _classify_png,
+    "classify_jpeg_12mp": _classify_phone_jpeg,
+    "classify_multipart_8": _classify_multipart,
+}
 
 
 def _v2_request(info: ModelInfo) -> bytes:
@@ -154,10 +274,28 @@ def table(report: dict) -> str:
         f"raw ONNX Runtime (1 thread): {raw['batch_1_images_per_s']:,.0f} images/s at batch 1, "
         f"{raw['batch_32_images_per_s']:,.0f} at batch 32",
         "",
-        "| scenario | concurrency | req/s | p50 ms | p99 ms | non-200 |",
+        "ln2d serve against the plain endpoint (ratio = ln2d / plain; req/s: higher is better, "
+        "p50: lower is better)",
+        "",
+        "| scenario | concurrency | ln2d req/s | plain req/s | ratio | ln2d p50 ms | plain p50 ms "
+        "| ratio | ln2d p99 ms | plain p99 ms | non-200 (ln2d / plain) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in [*report["rows"], report["a_a"]]:
+        first, second = (row[name] for name in row if isinstance(row[name], dict))
+        label = row["scenario"] if "ln2d" in row else f"A/A: {row['scenario']}, plain twice"
+        lines.append(
+            f"| {label} | {row['concurrency']} | {first['req_per_s']:,.0f} | "
+            f"{second['req_per_s']:,.0f} | {row['req_per_s_ratio']:.2f} | {first['p50_ms']:.1f} | "
+            f"{second['p50_ms']:.1f} | {row['p50_ratio']:.2f} | {first['p99_ms']:.1f} | "
+            f"{second['p99_ms']:.1f} | {first['non_200']} / {second['non_200']} |"
+        )
+    lines += [
+        "",
+        "| scenario (ln2d serve alone) | concurrency | req/s | p50 ms | p99 ms | non-200 |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for row in report["rows"]:
+    for row in report["v2_rows"]:
         lines.append(
             f"| {row['scenario']} | {row['concurrency']} | {row['req_per_s']:,.0f} | "
             f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['non_200']} |"

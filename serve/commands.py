@@ -64,10 +64,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _add_bench_serve(commands: argparse._SubParsersAction) -> None:
     bench_serve = commands.add_parser(
         "bench-serve",
-        help="load-test a real ln2d serve process beside raw ONNX Runtime",
-        description="Start ln2d serve for MODEL.onnx on a free loopback port and measure "
-        "/v1/classify (224x224 PNG photo) and v2 binary infer at each concurrency, an overload "
-        "run, and memory over a soak run. Prints a markdown table; --json writes everything.",
+        help="load-test a real ln2d serve process beside a plain FastAPI endpoint",
+        description="Start ln2d serve and a plain FastAPI + ONNX Runtime endpoint (decode and "
+        "run inline) for MODEL.onnx on free loopback ports. At each concurrency, time both on "
+        "/v1/classify with a 224x224 PNG photo, a 12-megapixel JPEG and 8 PNGs in one "
+        "multipart request, in a random order, and report the ratios beside an A/A control "
+        "(the plain endpoint twice); then v2 binary infer, an overload run and memory over a "
+        "soak run on ln2d serve. Prints markdown tables; --json writes everything.",
     )
     bench_serve.add_argument("model", type=Path, metavar="MODEL.onnx")
     bench_serve.add_argument("--concurrency", type=int_list, default=(1, 8, 32), help="e.g. 1,8,32")

@@ -6,6 +6,7 @@ request helpers they share. The routes (``routes_*``) depend on this module; the
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import time
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from ln2d.cpu_quota import available_cpus
 from ln2d.serve import images
-from ln2d.serve.batcher import Batcher
+from ln2d.serve.batcher import Admission, Batcher, Result
 from ln2d.serve.errors import ApiError
 from ln2d.serve.metrics import Metrics
 from ln2d.serve.model import Model
@@ -91,8 +92,38 @@ class DataPlane:
         """The request's deadline, set by the body guard when its head arrived."""
         return request.state.deadline
 
-    async def decode(self, blobs: Sequence[bytes]) -> np.ndarray:
-        """Decode images in the decoder threads (Pillow releases the GIL), all at once."""
+    async def classify(
+        self, admission: Admission, blobs: Sequence[bytes], deadline: float
+    ) -> tuple[float, list[Result]]:
+        """Decode images and infer: (seconds decoding took, one result per image). One image
+        on an otherwise idle server is decoded and run in one trip to the inference thread;
+        otherwise the decoder threads decode every image at once and the batcher runs them."""
+        if len(blobs) == 1 and self.batcher.alone(admission):
+            decode = functools.partial(self._decode_all, blobs)
+            decode_s, results = await self.batcher.run_alone(admission, decode, deadline)
+        else:
+            started = time.monotonic()
+            samples = await self._decode_in_threads(blobs)
+            decode_s = time.monotonic() - started
+            results = await self.batcher.infer(admission, samples, deadline)
+        self.metrics.observe("decode", decode_s)
+        return decode_s, results
+
+    async def infer(
+        self, admission: Admission, samples: np.ndarray, deadline: float
+    ) -> list[Result]:
+        """Infer ready ``(N, C, H, W)`` samples: alone on an idle server, else batched."""
+        if self.batcher.alone(admission):
+            _, results = await self.batcher.run_alone(admission, lambda: samples, deadline)
+            return results
+        return await self.batcher.infer(admission, samples, deadline)
+
+    def _decode_all(self, blobs: Sequence[bytes]) -> np.ndarray:
+        limit = self.settings.max_pixels
+        return np.stack([images.decode(blob, self.info, limit) for blob in blobs])
+
+    async def _decode_in_threads(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """Every image in its own decoder thread (Pillow releases the GIL), all at once."""
         loop = asyncio.get_running_loop()
         limit = self.settings.max_pixels
         jobs = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Seconds: from sub-millisecond inference to the request deadline.
@@ -39,7 +41,19 @@ class Metrics:
         self.ready = Gauge("ln2d_ready", "1 when the server accepts inference", registry=r)
 
     def observe(self, stage: str, seconds: float) -> None:
-        self.stage_seconds.labels(stage).observe(seconds)
+        self._stage(stage).observe(seconds)
+
+    def count_request(self, endpoint: str, status: int) -> None:
+        self._requests(endpoint, status).inc()
+
+    # labels() looks a child up under a lock on every call; these stay the same few objects.
+    @functools.cache  # noqa: B019 (one Metrics per app, alive as long as the app)
+    def _stage(self, stage: str) -> Histogram:
+        return self.stage_seconds.labels(stage)
+
+    @functools.cache  # noqa: B019
+    def _requests(self, endpoint: str, status: int) -> Counter:
+        return self.requests.labels(endpoint, str(status))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -51,7 +51,7 @@ class RequestLog:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.count_request(endpoint, status)
             self.metrics.observe("total", elapsed)
             if self.enabled:
                 access_log.info(

@@ -68,7 +68,7 @@ def router(state: DataPlane) -> APIRouter:
                 state.decoders, v2_codec.parse_request, *parse_args
             )
         with state.batcher.admit(len(parsed.samples)) as admission:
-            results = await state.batcher.infer(admission, parsed.samples, deadline)
+            results = await state.infer(admission, parsed.samples, deadline)
         logits = np.stack([result.logits for result in results])
         content, headers = v2_codec.build_response(parsed, logits, info)
         return Response(content, headers=headers)

@@ -4,6 +4,7 @@ the logits a direct run gives, and admission refuses past the queue's limit."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -64,3 +65,58 @@ def test_admission_refuses_past_the_queue_limit(session):
             assert batcher.full
 
     asyncio.run(main())
+
+
+def test_a_request_alone_is_prepared_and_run_in_one_trip_and_others_still_batch(session):
+    """Alone, a request runs without the queue, on the inference thread; a second admitted
+    request makes neither of them alone; the answers equal a direct run either way."""
+    samples = np.random.default_rng(1).standard_normal((3, 1, 1, 8, 8)).astype(np.float32)
+    threads: list[str] = []
+
+    def prepare() -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return samples[0]
+
+    async def main() -> tuple:
+        batcher = Batcher(_run(session), 4, 0.05, max_queue=8, metrics=Metrics())
+        batcher.start()
+        try:
+            with batcher.admit(1) as alone:
+                assert batcher.alone(alone)
+                prepare_s, results = await batcher.run_alone(alone, prepare, time.monotonic() + 5)
+            with batcher.admit(1) as first, batcher.admit(1) as second:
+                assert not batcher.alone(first) and not batcher.alone(second)
+                batched = await asyncio.gather(
+                    batcher.infer(first, samples[1], time.monotonic() + 5),
+                    batcher.infer(second, samples[2], time.monotonic() + 5),
+                )
+            return prepare_s, results, batched
+        finally:
+            await batcher.stop()
+
+    prepare_s, results, batched = asyncio.run(main())
+    assert threads == ["ln2d-inference_0"] and prepare_s >= 0
+    direct = _run(session)(samples[:, 0])
+    np.testing.assert_allclose(results[0].logits, direct[0], rtol=1e-6)
+    assert results[0].queue_s == 0
+    for (result,), expected in zip(batched, direct[1:], strict=True):
+        np.testing.assert_allclose(result.logits, expected, rtol=1e-6)
+
+
+def test_run_alone_keeps_the_deadline_and_reports_a_failed_model_as_500(session):
+    def failing(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("broken model")
+
+    async def main(run, deadline_s: float) -> ApiError:
+        batcher = Batcher(run, 4, 0.0, max_queue=8, metrics=Metrics())
+        batcher.start()
+        slow = lambda: time.sleep(0.2) or np.zeros((1, 1, 8, 8), np.float32)  # noqa: E731
+        try:
+            with batcher.admit(1) as admission, pytest.raises(ApiError) as caught:
+                await batcher.run_alone(admission, slow, time.monotonic() + deadline_s)
+            return caught.value
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(main(_run(session), 0.05)).status == 504
+    assert asyncio.run(main(failing, 5)).status == 500

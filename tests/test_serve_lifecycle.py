@@ -337,3 +337,20 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         received += chunk
     return received
+
+
+def test_bench_serve_compares_with_the_plain_endpoint(digits_onnx, tmp_path):
+    """A short real run: every scenario against the plain endpoint, with ratios and the A/A."""
+    out = tmp_path / "serve.json"
+    args = ["--concurrency", "1", "--seconds", "0.3", "--overload", "16", "--soak", "50"]
+    result = run_cli("bench-serve", str(digits_onnx), *args, "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    scenarios = {row["scenario"] for row in report["rows"]}
+    assert scenarios == {"classify_png_224", "classify_jpeg_12mp", "classify_multipart_8"}
+    for row in report["rows"]:
+        assert row["ln2d"]["non_200"] == 0 and row["plain"]["non_200"] == 0, row
+        assert row["req_per_s_ratio"] == row["ln2d"]["req_per_s"] / row["plain"]["req_per_s"]
+    assert set(report["a_a"]) >= {"plain", "plain again", "p50_ratio"}
+    assert report["server_exit_code"] == 0
+    assert "A/A: classify_png_224, plain twice" in result.stdout
