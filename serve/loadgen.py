@@ -49,11 +49,12 @@ def http_request(method: str, path: str, body: bytes, headers: dict[str, str]) -
 
 
 class _Client(asyncio.Protocol):
-    """One connection; ``exchange`` sends the request and resolves with the status code."""
+    """One connection; ``exchange`` sends the request and resolves with the status code and
+    the Retry-After header's seconds (0 without one)."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()
-        self.answer: asyncio.Future[int] | None = None
+        self.answer: asyncio.Future[tuple[int, float]] | None = None
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,34 +66,41 @@ class _Client(asyncio.Protocol):
         if end < 0 or self.answer is None or self.answer.done():
             return
         head = bytes(self.buffer[:end]).lower()
-        length = content_length(head)
+        length = int(header(head, b"content-length") or 0)
         if len(self.buffer) >= end + 4 + length:
             del self.buffer[: end + 4 + length]
-            self.answer.set_result(int(head[9:12]))
+            retry_after = float(header(head, b"retry-after") or 0)
+            self.answer.set_result((int(head[9:12]), retry_after))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.answer is not None and not self.answer.done():
             self.answer.set_exception(ConnectionError("connection closed"))
 
-    async def exchange(self, request: bytes) -> int:
+    async def exchange(self, request: bytes) -> tuple[int, float]:
         self.answer = asyncio.get_running_loop().create_future()
         assert self.transport is not None
         self.transport.write(request)
         return await self.answer
 
 
-def content_length(head: bytes) -> int:
-    """Content-Length from a lower-cased response head (status line and headers, without the
-    blank line that ends it); 0 when absent."""
+def header(head: bytes, name: bytes) -> bytes | None:
+    """A header's value from a lower-cased response head (status line and headers, without the
+    blank line that ends it); None when absent."""
     for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip() == b"content-length":
-            return int(value)
-    return 0
+        key, _, value = line.partition(b":")
+        if key.strip() == name:
+            return value.strip()
+    return None
 
 
 async def _worker(
-    host: str, port: int, request: bytes, stop_at: float, total: int, result: LoadResult
+    host: str,
+    port: int,
+    request: bytes,
+    stop_at: float,
+    total: int,
+    result: LoadResult,
+    honour_retry_after: bool,
 ) -> None:
     loop = asyncio.get_running_loop()
     client: _Client | None = None
@@ -106,26 +114,38 @@ async def _worker(
                 continue
         started = time.perf_counter()
         try:
-            status = await client.exchange(request)
+            status, retry_after = await client.exchange(request)
         except ConnectionError:
             result.failures += 1
             client = None
             continue
         result.latencies.append(time.perf_counter() - started)
         result.statuses.append(status)
+        if honour_retry_after and retry_after:
+            if time.perf_counter() + retry_after >= stop_at:
+                break  # told to come back after the run ends
+            await asyncio.sleep(retry_after)
     if client is not None and client.transport is not None:
         client.transport.close()
 
 
 async def load(
-    host: str, port: int, request: bytes, concurrency: int, seconds: float, total: int
+    host: str,
+    port: int,
+    request: bytes,
+    concurrency: int,
+    seconds: float,
+    total: int,
+    honour_retry_after: bool,
 ) -> LoadResult:
-    """Keep ``concurrency`` requests in flight for ``seconds`` or ``total`` answers."""
+    """Keep ``concurrency`` requests in flight for ``seconds`` or ``total`` answers; with
+    ``honour_retry_after``, a client told to retry later waits as long as it is told."""
     result = LoadResult(seconds)
     started = time.perf_counter()
+    stop_at = started + seconds
     await asyncio.gather(
         *(
-            _worker(host, port, request, started + seconds, total, result)
+            _worker(host, port, request, stop_at, total, result, honour_retry_after)
             for _ in range(concurrency)
         )
     )
@@ -140,10 +160,12 @@ def run_load(
     concurrency: int,
     seconds: float,
     total: int = 2**62,
+    honour_retry_after: bool = False,
 ) -> LoadResult:
     """``load`` on its own event loop (uvloop's when installed)."""
+    work = load(host, port, request, concurrency, seconds, total, honour_retry_after)
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(load(host, port, request, concurrency, seconds, total))
-    return uvloop.run(load(host, port, request, concurrency, seconds, total))
+        return asyncio.run(work)
+    return uvloop.run(work)
