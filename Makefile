@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARTIFACTS ?= artifacts
 
-.PHONY: demo test test-fast lint venv browser clean
+.PHONY: demo test test-fast lint venv browser image image-test image-tools clean
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -45,12 +45,34 @@ $(CHROMIUM):
 		    && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 test: lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not image"
 
 # The fast tier, in process (under a minute): fusion on hand-built graphs, the codec, the
 # batcher and the app with real tiny ONNX Runtime sessions. `make test` runs everything.
 test-fast: lint
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest -m "not integration and not image"
+
+# The container images, built and run with buildah (no Docker daemon needed; root or sudo).
+# Where no registry is reachable, docker/stand-in-base.sh makes the Python base from Debian's
+# packages first; the GPU image's steps are built on that base instead of the CUDA runtime.
+image: image-tools $(ARTIFACTS)/model.onnx
+	$(SUDO) env REPORT=$(ARTIFACTS)/images.json docker/build-images.sh
+
+# Runs the built CPU image as a container: entrypoint, user, health check, drain on SIGTERM.
+image-test: image
+	$(SUDO) $(BIN)/python -m pytest -m image
+
+image-tools: /usr/bin/buildah /usr/sbin/debootstrap
+
+/usr/bin/buildah /usr/sbin/debootstrap:
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q buildah debootstrap \
+		|| ($(SUDO) apt-get update -q \
+		    && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q buildah debootstrap)
+
+# A model for the images to bake in, made by the demo's own commands.
+$(ARTIFACTS)/model.onnx: | $(STAMP)
+	$(BIN)/ln2d train --out $(ARTIFACTS)/model.safetensors
+	$(BIN)/ln2d export $(ARTIFACTS)/model.safetensors -o $@
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache build dist *.egg-info

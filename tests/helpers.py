@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,4 +33,6 @@ def image_command(dockerfile: Path) -> tuple[list[str], dict[str, str]]:
     env: dict[str, str] = {}
     for block in re.findall(r"^ENV (.*)$", final, re.M):
         env.update(re.findall(r"(\w+)=(\S+)", block))
+    # PATH extends the base's: here, this machine's.
+    env["PATH"] = env.get("PATH", "$PATH").replace("$PATH", os.environ["PATH"])
     return entrypoint, env

@@ -68,19 +68,24 @@ def test_overload_is_refused_fast_and_the_server_stays_ready(digits_onnx):
 
 
 def test_deadline_gives_504(digits_onnx):
-    with ServerProcess(digits_onnx, ["--timeout-s", "0.000001"]) as server:
-        response = httpx.post(f"{server.url}/v1/classify", content=GOOD_PNG, headers=PNG_HEADERS)
+    """The body is in long before the deadline (small, on loopback); decoding 64 large images
+    on one thread is not, so the answer is 504, not 408."""
+    with ServerProcess(digits_onnx, ["--timeout-s", "0.05", "--decode-threads", "1"]) as server:
+        response = httpx.post(f"{server.url}/v1/classify", files=_LARGE_PHOTOS)
         assert response.status_code == 504 and "deadline" in response.json()["error"]
         assert 'reason="deadline"' in httpx.get(f"{server.url}/metrics").text
 
 
+# 64 640x640 PNGs: a small body (the digit compresses well) that is slow to decode.
+_LARGE_PHOTO = png(digit(0)[0].repeat(40, axis=0).repeat(40, axis=1))
+_LARGE_PHOTOS = [("file", (f"{i}.png", _LARGE_PHOTO, "image/png")) for i in range(64)]
+
+
 def test_sigterm_drains_in_flight_requests_and_exits_0(digits_onnx):
     server = ServerProcess(digits_onnx, ["--max-images", "64", "--decode-threads", "1"])
-    photo = png(digit(0)[0].repeat(40, axis=0).repeat(40, axis=1))  # 640x640: slow to decode
-    files = [("file", (f"{i}.png", photo, "image/png")) for i in range(64)]
     answers: list[httpx.Response] = []
     sender = threading.Thread(
-        target=lambda: answers.append(httpx.post(f"{server.url}/v1/classify", files=files))
+        target=lambda: answers.append(httpx.post(f"{server.url}/v1/classify", files=_LARGE_PHOTOS))
     )
     sender.start()
     deadline = time.monotonic() + 10
