@@ -41,6 +41,7 @@ def test_the_server_answers_as_its_openapi_document_says(digits_onnx, tmp_path):
             capture_output=True,
             text=True,
             timeout=300,
+            cwd=tmp_path,  # its cache (.schemathesis/) stays out of the checkout
         )
         logs = server.logs
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
