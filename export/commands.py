@@ -23,6 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         _add_export,
         _add_fuse,
         _add_parity,
+        _add_quantize,
         _add_bench,
         _add_triton_repo,
     ):
@@ -209,7 +210,9 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
         "parity",
         help="compare PyTorch against ONNX Runtime (CPU, CUDA) and fused against unfused",
         description="Compare CKPT, or the network --model builds with --weights loaded, with "
-        "MODEL.onnx. Exit code 0 only when every requested comparison passed.",
+        "MODEL.onnx: elementwise within tolerances for a float model, by accuracy and top-1 "
+        "agreement for an int8 one (ln2d quantize). Exit code 0 only when every requested "
+        "comparison passed.",
     )
     _add_source_arguments(parity)
     parity.add_argument("model", type=Path, metavar="MODEL.onnx")
@@ -225,6 +228,20 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
     )
     parity.add_argument("--atol", type=float, help="absolute tolerance (default: by dtype)")
     parity.add_argument("--rtol", type=float, help="relative tolerance (default: by dtype)")
+    parity.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="POINTS",
+        help="fail when accuracy falls by more than this many percentage points (default: 0.5 "
+        "for an int8 model, none otherwise)",
+    )
+    parity.add_argument(
+        "--min-agreement",
+        type=float,
+        metavar="FRACTION",
+        help="fail when top-1 agreement is below this (default: 0.99 for an int8 model, none "
+        "otherwise). An int8 model is held to these gates instead of --atol/--rtol",
+    )
     parity.add_argument("--json", type=Path, help="write the parity report as JSON")
     parity.add_argument(
         "--bisect", action="store_true", help="on failure, name the first diverging LayerNorm2d"
@@ -242,6 +259,8 @@ def run_parity(args: argparse.Namespace) -> int:
         atol=args.atol,
         rtol=args.rtol,
         bisect=args.bisect,
+        max_accuracy_drop=args.max_accuracy_drop,
+        min_agreement=args.min_agreement,
     )
     if user_model:
         from ln2d.export.parity import model_inputs
@@ -254,6 +273,46 @@ def run_parity(args: argparse.Namespace) -> int:
     print(report.table())
     _write(args.json, report.to_json())
     return 0 if report.passed else 1
+
+
+def _add_quantize(commands: argparse._SubParsersAction) -> None:
+    quantize = commands.add_parser(
+        "quantize",
+        help="INT8 (QDQ) quantization with every LayerNorm2d kept in float",
+        description="Fuse MODEL.onnx, calibrate on real images through the model's own "
+        "preprocessing (its ln2d.input metadata), and write a static INT8 model in QDQ format "
+        "whose LayerNorm2d sites stay in float. Reports accuracy and top-1 agreement against "
+        "the float model on the images not used for calibration.",
+    )
+    quantize.add_argument("model", type=Path, metavar="MODEL.onnx")
+    quantize.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
+    quantize.add_argument(
+        "--calibrate", default="digits", metavar="digits|DIR",
+        help="calibration images: the digits, or an image folder (default: digits)",
+    )  # fmt: skip
+    quantize.add_argument(
+        "--samples", type=int, default=256, help="calibration images (default: 256)"
+    )
+    quantize.add_argument(
+        "--per-channel", action="store_true", help="one scale per output channel of each weight"
+    )
+    quantize.add_argument("--json", type=Path, help="write the report as JSON")
+    quantize.add_argument("--no-progress", action="store_true", help="no progress bar")
+    quantize.set_defaults(run=run_quantize, extra="export,cpu")
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from ln2d.export.quantize import QuantizeOptions, quantize
+
+    if not args.model.is_file():
+        raise UserError(f"model file not found: {args.model}")
+    options = QuantizeOptions(
+        args.calibrate, args.samples, args.per_channel, progress=not args.no_progress
+    )
+    report = quantize(args.model, args.output, options)
+    print(report.table())
+    _write(args.json, json.dumps(report.to_dict(), indent=2))
+    return 0
 
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:

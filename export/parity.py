@@ -34,6 +34,25 @@ class ParityOptions:
     atol: float | None = None
     rtol: float | None = None
     bisect: bool = False
+    max_accuracy_drop: float | None = None  # points; default for int8: REDUCED_GATES
+    min_agreement: float | None = None  # top-1, 0..1; default for int8: REDUCED_GATES
+
+
+# A reduced-precision model is not elementwise close to fp32 by design: it is held to the
+# answers instead (accuracy drop in points, top-1 agreement), with these defaults.
+REDUCED_GATES = {"int8": (0.5, 0.99)}
+
+
+@dataclass(frozen=True)
+class Gates:
+    """What a comparison must reach: elementwise closeness, or (reduced precision, or when
+    asked) answers: accuracy within ``max_drop`` points and ``min_agreement`` top-1."""
+
+    atol: float
+    rtol: float
+    elementwise: bool
+    max_drop: float | None
+    min_agreement: float | None
 
 
 @dataclass
@@ -58,6 +77,9 @@ class ParityReport:
     samples: int
     atol: float
     rtol: float
+    precision: str = "fp32"
+    max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
     comparisons: list[Comparison] = field(default_factory=list)
     requested: list[str] = field(default_factory=list)
 
@@ -71,24 +93,30 @@ class ParityReport:
         return json.dumps({**asdict(self), "passed": self.passed}, indent=2)
 
     def table(self) -> str:
+        gates = [] if self.precision != "fp32" else [f"atol={self.atol:g} rtol={self.rtol:g}"]
+        if self.max_accuracy_drop is not None:
+            gates.append(f"accuracy drop <= {self.max_accuracy_drop:g} points")
+        if self.min_agreement is not None:
+            gates.append(f"top-1 agreement >= {self.min_agreement:g}")
         head = (
-            f"parity: {self.model} on {self.samples} inputs ({self.data}), "
-            f"atol={self.atol:g} rtol={self.rtol:g}"
+            f"parity: {self.model} ({self.precision}) on {self.samples} inputs ({self.data}); "
+            f"gates: {', '.join(gates)}"
         )
         rows = [
             head,
             "| comparison | status | max abs | max rel | mean abs | p99 abs | cosine "
-            "| top-1 agree |",
-            "|---|---|---|---|---|---|---|---|",
+            "| top-1 agree | accuracy |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for c in self.comparisons:
             if c.max_abs is None:
-                rows.append(f"| {c.name} | {c.status} | | | | | | |")
+                rows.append(f"| {c.name} | {c.status} | | | | | | | |")
                 continue
             agree = "" if c.top1_agreement is None else f"{c.top1_agreement:.4f}"
+            accuracy = "" if c.accuracy is None else f"{100 * c.accuracy:.2f} %"
             rows.append(
                 f"| {c.name} | {c.status} | {c.max_abs:.2e} | {c.max_rel:.2e} | "
-                f"{c.mean_abs:.2e} | {c.p99_abs:.2e} | {c.cosine:.7f} | {agree} |"
+                f"{c.mean_abs:.2e} | {c.p99_abs:.2e} | {c.cosine:.7f} | {agree} | {accuracy} |"
             )
             if c.bisect:
                 rows.append(f"  bisect: {c.bisect['verdict']}")
@@ -118,15 +146,23 @@ def check_parity(
     model = model.eval()
     onnx_model = load_model(Path(model_path))
     dtype = _input_dtype(onnx_model)
-    atol, rtol = tolerance(dtype)
-    # 0 is a tolerance (exact), not a request for the default.
-    atol = atol if options.atol is None else options.atol
-    rtol = rtol if options.rtol is None else options.rtol
+    precision = _precision(onnx_model)
+    gates = _gates(options, dtype, precision)
     x = np.asarray(inputs).astype(dtype)
     reference = predict_logits(model, x.astype(np.float32))
     unfused = _unfused(model, onnx_model, x)
     requested, listed = _providers(options.providers)
-    report = ParityReport(str(model_path), options.data, len(x), atol, rtol, requested=requested)
+    report = ParityReport(
+        str(model_path),
+        options.data,
+        len(x),
+        gates.atol,
+        gates.rtol,
+        precision,
+        gates.max_drop,
+        gates.min_agreement,
+        requested=requested,
+    )
     for provider in listed:
         if PROVIDERS[provider] not in ort.get_available_providers():
             why = f"skipped: no {PROVIDERS[provider]} in this onnxruntime build / machine"
@@ -134,14 +170,14 @@ def check_parity(
             continue
         session = _session(onnx_model, provider)
         outputs = session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float32)
-        torch_vs = _compare(f"torch vs onnx[{provider}]", provider, outputs, reference, atol, rtol)
-        if labels is not None:
-            torch_vs.accuracy = float((outputs.argmax(1) == labels).mean())
+        torch_vs = _compare(
+            f"torch vs onnx[{provider}]", provider, outputs, reference, gates, labels
+        )
         if torch_vs.status != "pass" and options.bisect:
-            torch_vs.bisect = bisect(model, onnx_model, provider, x, atol, rtol)
+            torch_vs.bisect = bisect(model, onnx_model, provider, x, gates.atol, gates.rtol)
         base = _session(unfused, provider).run(None, {INPUT_NAME: x.astype(np.float32)})[0]
         fused_vs = _compare(
-            f"fused vs unfused onnx[{provider}]", provider, outputs, base, atol, rtol
+            f"fused vs unfused onnx[{provider}]", provider, outputs, base, gates, labels
         )
         report.comparisons += [torch_vs, fused_vs]
     return report
@@ -214,22 +250,57 @@ def _random_inputs(pre: Preprocessing) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
-def _compare(name, provider, actual, expected, atol, rtol) -> Comparison:
+def _precision(model: onnx.ModelProto) -> str:
+    recorded = metadata.read(model).get("precision")
+    return json.loads(recorded)["precision"] if recorded else "fp32"
+
+
+def _gates(options: ParityOptions, dtype, precision: str) -> Gates:
+    atol, rtol = tolerance(dtype)
+    # 0 is a tolerance (exact), not a request for the default.
+    atol = atol if options.atol is None else options.atol
+    rtol = rtol if options.rtol is None else options.rtol
+    max_drop, min_agreement = REDUCED_GATES.get(precision, (None, None))
+    return Gates(
+        atol,
+        rtol,
+        elementwise=precision not in REDUCED_GATES,
+        max_drop=max_drop if options.max_accuracy_drop is None else options.max_accuracy_drop,
+        min_agreement=min_agreement if options.min_agreement is None else options.min_agreement,
+    )
+
+
+def _compare(name, provider, actual, expected, gates: Gates, labels=None) -> Comparison:
     diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
     scale = np.maximum(np.abs(expected), np.finfo(np.float32).tiny)
     a, e = actual.reshape(-1).astype(np.float64), expected.reshape(-1).astype(np.float64)
     cosine = float(a @ e / max(np.linalg.norm(a) * np.linalg.norm(e), 1e-30))
+    agreement = _agreement(actual, expected)
+    accuracy = _accuracy(actual, labels)
+    drop = None if accuracy is None else 100 * (_accuracy(expected, labels) - accuracy)
+    passed = (
+        (not gates.elementwise or close(actual, expected, gates.atol, gates.rtol))
+        and (gates.min_agreement is None or (agreement or 0.0) >= gates.min_agreement)
+        and (gates.max_drop is None or drop is None or drop <= gates.max_drop)
+    )
     return Comparison(
         name,
         provider,
-        "pass" if close(actual, expected, atol, rtol) else "FAIL",
+        "pass" if passed else "FAIL",
         max_abs=float(diff.max()),
         max_rel=float((diff / scale).max()),
         mean_abs=float(diff.mean()),
         p99_abs=float(np.percentile(diff, 99)),
         cosine=cosine,
-        top1_agreement=_agreement(actual, expected),
+        top1_agreement=agreement,
+        accuracy=accuracy,
     )
+
+
+def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
+    if labels is None or outputs.ndim != 2:
+        return None
+    return float((outputs.argmax(1) == labels).mean())
 
 
 def _agreement(actual: np.ndarray, expected: np.ndarray) -> float | None:

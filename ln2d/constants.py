@@ -17,6 +17,7 @@ METADATA_KEYS = (
     "version",  # ln2d version that wrote the file
     "checkpoint_sha256",  # sha256 of the source checkpoint file
     "fusion",  # JSON fusion summary: sites, counts, forms, node counts, checks, tuning
+    "precision",  # JSON, for reduced precision: int8 and how it was calibrated (absent: fp32)
 )
 
 # ONNX Runtime's execution providers, by the names the command line takes.

@@ -37,6 +37,7 @@ class ModelInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     scale: float
+    precision: str = "fp32"  # "int8" for a model from ln2d quantize
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -152,6 +153,7 @@ def _from_metadata(meta: dict[str, str], model_input, model_output) -> ModelInfo
         mean=mean,
         std=std,
         scale=float(spec.get("scale", 1 / 255)),
+        precision=json.loads(meta["precision"])["precision"] if "precision" in meta else "fp32",
     )
 
 

@@ -90,7 +90,7 @@ def router(state: DataPlane) -> APIRouter:
 
     @routes.get(
         "/v1/model",
-        summary="The served model: name, labels, input, provider",
+        summary="The served model: name, labels, input, provider, precision",
         responses=documented(401),
     )
     async def model() -> dict:
@@ -104,6 +104,7 @@ def router(state: DataPlane) -> APIRouter:
                 "media_types": sorted(images.FORMATS.values()),
             },
             "provider": state.model.provider,
+            "precision": info.precision,
             "max_images": settings.max_images,
             "max_body_bytes": settings.max_body_bytes,
             "top_k": settings.top_k,

@@ -42,6 +42,7 @@ def router(state: DataPlane) -> APIRouter:
             "outputs": [_tensor(info.output_name, [-1, info.num_classes])],
             "parameters": {
                 "provider": state.model.provider,
+                "precision": info.precision,
                 "labels": list(info.labels),
                 "max_batch_size": state.settings.max_batch,
             },

@@ -144,7 +144,7 @@ def test_upload_shows_the_same_top_k_as_the_api(page, server):
     assert rows == shown(answer) and len(rows) == 5
     assert rows[0][0] == label
     info = page.tab.inner_text("#model-info")
-    assert answer["model"] in info and answer["provider"] in info
+    assert answer["model"] in info and answer["provider"] in info and "fp32" in info
     latency = page.tab.inner_text("#latency")
     assert answer["provider"] in latency and "round trip" in latency
     preview = page.tab.locator("#preview")

@@ -55,7 +55,8 @@ async function loadModel() {
   }
   const { channels, height, width } = model.input;
   $("model-info").textContent =
-    `Model ${model.name} · ${model.provider} · ${model.labels.length} classes · ` +
+    `Model ${model.name} · ${model.precision} · ${model.provider} · ` +
+    `${model.labels.length} classes · ` +
     `input ${channels}×${height}×${width}`;
   $("top-k").max = model.labels.length;
   $("top-k").value = Math.min(model.top_k, model.labels.length);

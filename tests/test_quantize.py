@@ -1,0 +1,111 @@
+"""``ln2d quantize`` on real exported models: INT8 in QDQ format, every LayerNorm2d's
+statistics left in float, accuracy and agreement against the float model on held-out digits."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import onnx
+import pytest
+
+from ln2d.export import metadata
+from ln2d.serve.launcher import ServerProcess
+from tests.helpers import run_cli
+from tests.images import digit, png
+
+pytestmark = pytest.mark.integration
+
+
+def _quantize(model, out, *args):
+    result = run_cli("quantize", str(model), "-o", str(out), "--no-progress", *args)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def unfused_onnx(digits_checkpoint, tmp_path_factory):
+    path = tmp_path_factory.mktemp("unfused") / "digits.onnx"
+    result = run_cli("export", str(digits_checkpoint), "-o", str(path), "--no-fuse")
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+@pytest.mark.parametrize("source", ["digits_onnx", "unfused_onnx"])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
+def test_int8_keeps_accuracy_and_every_norm_in_float(source, per_channel, request, tmp_path):
+    model = request.getfixturevalue(source)
+    out, report = tmp_path / "int8.onnx", tmp_path / "report.json"
+    _quantize(model, out, "--json", str(report), *(["--per-channel"] if per_channel else []))
+    numbers = json.loads(report.read_text())
+    assert numbers["accuracy_drop_points"] <= 0.5 and numbers["top1_agreement"] >= 0.99
+    assert numbers["float_sites"] == 3  # SimpleLN_CNN's three LayerNorm2d
+    quantized = onnx.load(out)
+    ops = {node.op_type for node in quantized.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    _assert_statistics_in_float(quantized)
+    meta = metadata.read(quantized)
+    assert json.loads(meta["precision"])["precision"] == "int8"
+    assert {"name", "labels", "input"} <= set(meta)  # what the server needs carried over
+
+
+def _assert_statistics_in_float(model: onnx.ModelProto) -> None:
+    """No value a site computes is quantized, and no site node reads a quantized constant.
+    (The one site node quantization may take is the centred Conv, which computes the norm's
+    input, not its statistics; it reads from outside the site.)"""
+    site_nodes = [node for node in model.graph.node if node.name.startswith("ln2d_site_")]
+    produced = {output for node in site_nodes for output in node.output}
+    float_nodes = [
+        n for n in site_nodes if not (n.op_type == "Conv" and n.input[0] not in produced)
+    ]
+    assert float_nodes
+    internal = {output for node in float_nodes for output in node.output}
+    initializers = {init.name for init in model.graph.initializer}
+    dequantized_constants = {
+        node.output[0]
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear" and node.input[0] in initializers
+    }
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            assert node.input[0] not in internal, f"{node.name} quantizes a norm statistic"
+    for node in float_nodes:
+        assert not set(node.input) & dequantized_constants, f"{node.name} reads an int8 constant"
+
+
+def test_quantize_refuses_a_bad_sample_count_in_one_line(digits_onnx, tmp_path):
+    result = run_cli("quantize", str(digits_onnx), "-o", str(tmp_path / "q.onnx"), "--samples", "0")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "--samples 0" in result.stderr and not (tmp_path / "q.onnx").exists()
+
+
+def test_parity_holds_an_int8_model_to_answers_and_fails_a_stricter_bound(
+    digits_checkpoint, digits_onnx, tmp_path
+):
+    int8, report = tmp_path / "int8.onnx", tmp_path / "parity.json"
+    _quantize(digits_onnx, int8)
+    result = run_cli("parity", str(digits_checkpoint), str(int8), "--json", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    parity = json.loads(report.read_text())
+    assert parity["precision"] == "int8"
+    assert (parity["max_accuracy_drop"], parity["min_agreement"]) == (0.5, 0.99)
+    (torch_vs,) = [c for c in parity["comparisons"] if c["name"] == "torch vs onnx[cpu]"]
+    assert torch_vs["max_abs"] > parity["atol"]  # not elementwise close: held to answers
+    stricter = torch_vs["top1_agreement"] + 1e-6
+    result = run_cli("parity", str(digits_checkpoint), str(int8), "--min-agreement", str(stricter))
+    assert result.returncode == 1 and "FAIL" in result.stdout
+
+
+def test_the_server_serves_an_int8_model_and_says_so(digits_onnx, tmp_path):
+    int8 = tmp_path / "int8.onnx"
+    _quantize(digits_onnx, int8)
+    pixels, label = digit(5)
+    with ServerProcess(int8) as server:
+        model = httpx.get(f"{server.url}/v1/model").json()
+        assert model["precision"] == "int8"
+        v2 = httpx.get(f"{server.url}/v2/models/{model['name']}").json()
+        assert v2["parameters"]["precision"] == "int8"
+        answer = httpx.post(
+            f"{server.url}/v1/classify", content=png(pixels), headers={"content-type": "image/png"}
+        )
+        assert answer.status_code == 200 and answer.json()["predictions"][0][0]["label"] == label
