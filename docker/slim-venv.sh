@@ -5,6 +5,8 @@
 #
 #   slim-venv.sh /opt/venv
 set -euo pipefail
+# Under pipefail, `readelf | grep -q` fails when grep stops reading early (readelf gets
+# SIGPIPE): every test below counts matches instead.
 
 venv=$1
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
@@ -22,13 +24,14 @@ rm -rf "$site"/onnxruntime/transformers "$site"/onnxruntime/quantization "$site"
 # onnxruntime's C API library, for programs that link it; the Python module does not load it.
 # Removed only when no library of the package needs it.
 capi="$site/onnxruntime/capi"
-if ! readelf -d "$capi"/*.so* 2>/dev/null | grep -q 'NEEDED.*\[libonnxruntime\.so'; then
+needed=$(readelf -d "$capi"/*.so* 2>/dev/null | grep -c 'NEEDED.*\[libonnxruntime\.so' || true)
+if [ "$needed" = 0 ]; then
     rm -f "$capi"/libonnxruntime.so*
 fi
 
 # Debug sections in extension modules (uvloop ships 11 MB of them).
 find "$site" -name '*.so' -type f -print0 | while IFS= read -r -d '' library; do
-    if readelf -S "$library" | grep -q '\.debug_'; then
+    if [ "$(readelf -S "$library" | grep -c '\.debug_')" != 0 ]; then
         strip --strip-debug "$library"
     fi
 done

@@ -47,6 +47,13 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--no-fuse", action="store_true", help="keep the decomposed graph")
     export.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=TARGET_HELP)
     export.add_argument("--report", type=Path, help="write the fusion report as JSON")
+    export.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="fp16 (for GPUs): weights and activations in half precision, each LayerNorm2d's "
+        "statistics in fp32, inputs and outputs in fp32 (default: fp32)",
+    )
     export.set_defaults(run=run_export, extra="export,cpu")
 
 
@@ -55,6 +62,8 @@ def run_export(args: argparse.Namespace) -> int:
     from ln2d.export.onnx_io import save_model
 
     opset = args.opset or DEFAULT_OPSET
+    if args.precision == "fp16" and args.no_fuse:
+        raise UserError("--precision fp16 needs fusion, which keeps the norms' statistics fp32")
     if _user_model(args):
         report = _export_user_model(args, opset)
     else:
@@ -64,7 +73,12 @@ def run_export(args: argparse.Namespace) -> int:
     if report is not None:
         print(report.table())
         _write(args.report, report.to_json())
-    print(f"wrote {args.output} (opset {opset})")
+    if args.precision == "fp16":
+        from ln2d.export.half import to_fp16
+        from ln2d.export.onnx_io import load_model
+
+        save_model(to_fp16(load_model(args.output)), args.output)
+    print(f"wrote {args.output} (opset {opset}, {args.precision})")
     return 0
 
 

@@ -4,11 +4,8 @@
     nodes of every site excluded) -> checker + ONNX Runtime load -> accuracy against fp32
 
 A quantizer that puts Q/DQ pairs inside a norm rounds its mean and variance to 8 bits and
-wrecks its precision. Fusion names every node of a site ``ln2d_site_N/...``, so the sites are
-found by name and left out: the norm reads the dequantized input and computes in float. One
-node of a site is quantized all the same: the centred convolution of ``centred_conv`` (in
-models that ``ln2d export`` fused for the cpu target), which is the layer's own Conv with
-centred weights; what it computes is the norm's input, not its statistics.
+wrecks its precision. The sites' statistics nodes (``fusion.islands``) are left out of
+quantization: the norm reads the dequantized input and computes in float.
 """
 
 from __future__ import annotations
@@ -28,10 +25,10 @@ from tqdm import tqdm
 from ln2d.errors import UserError
 from ln2d.export import metadata
 from ln2d.export.fusion import Site, fuse_model
+from ln2d.export.fusion.islands import statistics_nodes
 from ln2d.export.fusion.verify import FusionError
 from ln2d.export.onnx_io import load_model, save_model
 
-SITE_PREFIX = "ln2d_site_"
 CALIBRATION_BATCH = 16
 
 
@@ -99,7 +96,7 @@ def quantize(model_path: Path, output: Path, options: QuantizeOptions) -> Quanti
         )
     calibration, evaluation = order[: options.samples], order[options.samples :]
     floating = _fuse_for_int8(source)
-    keep_float, sites = _float_nodes(floating)
+    keep_float, sites = statistics_nodes(floating)
     quantized = _quantize(floating, images[calibration], keep_float, options)
     metadata.write(
         quantized,
@@ -147,18 +144,6 @@ def _fuse_for_int8(model: onnx.ModelProto) -> onnx.ModelProto:
         return fuse_model(model, _float_island)[0]
     except FusionError as exc:
         raise UserError(f"fusion before quantization failed: {exc}") from None
-
-
-def _float_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    """The names of the nodes to keep in float, and of the sites they belong to: every node of
-    a site but a Conv that reads from outside it (centred_conv's centred convolution)."""
-    nodes = [node for node in model.graph.node if node.name.startswith(SITE_PREFIX)]
-    inside = {output for node in nodes for output in node.output}
-    keep = [
-        node.name for node in nodes if not (node.op_type == "Conv" and node.input[0] not in inside)
-    ]
-    sites = sorted({name.split("/")[0] for name in keep}, key=lambda s: int(s[len(SITE_PREFIX) :]))
-    return keep, sites
 
 
 def _quantize(

@@ -109,3 +109,39 @@ def test_the_server_serves_an_int8_model_and_says_so(digits_onnx, tmp_path):
             f"{server.url}/v1/classify", content=png(pixels), headers={"content-type": "image/png"}
         )
         assert answer.status_code == 200 and answer.json()["predictions"][0][0]["label"] == label
+
+
+def test_fp16_export_keeps_norm_statistics_and_io_in_fp32(digits_checkpoint, tmp_path):
+    half = tmp_path / "fp16.onnx"
+    result = run_cli("export", str(digits_checkpoint), "-o", str(half), "--precision", "fp16")
+    assert result.returncode == 0, result.stderr
+    model = onnx.shape_inference.infer_shapes(onnx.load(half))
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    types.update({v.name: v.type.tensor_type.elem_type for v in model.graph.output})
+    fp32, fp16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert {v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]} == {
+        fp32
+    }
+    # The converter's Casts carry the site's name too: the site's own nodes are the others.
+    site_nodes = [
+        n for n in model.graph.node if n.name.startswith("ln2d_site_") and n.op_type != "Cast"
+    ]
+    produced = {output for node in site_nodes for output in node.output}
+    statistics = [n for n in site_nodes if not (n.op_type == "Conv" and n.input[0] not in produced)]
+    assert statistics and all(types[out] == fp32 for n in statistics for out in n.output)
+    layers = [n for n in model.graph.node if n.op_type == "Conv" and n not in statistics]
+    assert layers and all(types[n.output[0]] == fp16 for n in layers)
+    assert json.loads(metadata.read(model)["precision"])["precision"] == "fp16"
+    report = tmp_path / "parity.json"
+    result = run_cli("parity", str(digits_checkpoint), str(half), "--json", str(report))
+    assert result.returncode == 0, result.stdout
+    parity = json.loads(report.read_text())
+    assert (parity["precision"], parity["atol"]) == ("fp16", 1e-2)  # fp16's tolerances
+
+
+def test_fp16_needs_fusion(digits_checkpoint, tmp_path):
+    out = tmp_path / "fp16.onnx"
+    result = run_cli(
+        "export", str(digits_checkpoint), "-o", str(out), "--precision", "fp16", "--no-fuse"
+    )
+    assert result.returncode == 2 and "needs fusion" in result.stderr and not out.exists()
