@@ -42,19 +42,21 @@ from ln2d.export.fusion.targets import TARGETS
 from ln2d.export.onnx_export import DEFAULT_OPSET, module_to_onnx
 
 DECOMPOSED, CONTROL = "decomposed", "decomposed" + timing.AA_SUFFIX
+DEFAULT_BATCHES = (1, 8, 32)
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     networks: tuple[str, ...]
     providers: tuple[str, ...]
-    batches: tuple[int, ...]
+    batches: tuple[int, ...] | None  # None: each network's own, else DEFAULT_BATCHES
     channels: tuple[int, ...]
     spatial: tuple[int, ...]
     seconds: float  # per variant and grid point
     threads: int
     progress: bool = True
     profile: bool = False  # ONNX Runtime's per-op profile of decomposed, no-norm and picks
+    int8: bool = False  # also an INT8 variant, as ln2d quantize makes it
 
 
 def run(options: BenchOptions) -> dict:
@@ -81,7 +83,7 @@ def run(options: BenchOptions) -> dict:
                         "models": models,
                         "shapes": shapes,
                         "targets": targets,
-                        "profile": _profiled(targets) if options.profile else [],
+                        "profile": _profiled(targets, options.int8) if options.profile else [],
                     }
                 )
         timed = _onnxruntime_phase(jobs, options, Path(tmp))
@@ -107,7 +109,7 @@ def _networks(options: BenchOptions) -> Iterator[tuple[Network, int]]:
 def _shapes(network: Network, channels: int, options: BenchOptions) -> list[list[int]]:
     return [
         [batch, channels, size, size]
-        for batch in network.batches or options.batches
+        for batch in options.batches or network.batches or DEFAULT_BATCHES
         for size in network.spatial or options.spatial
         if size >= network.min_size
     ]
@@ -136,6 +138,8 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
         (variant,) = forms if len(forms) == 1 else (f"target:{target}",)
         graphs.setdefault(variant, fused)
         targets[target] = variant
+    if options.int8:
+        graphs["int8"] = _int8(decomposed, shapes[0])
     paths = {
         name: str(_save(graph, folder / f"{i}.onnx"))
         for i, (name, graph) in enumerate(graphs.items())
@@ -145,6 +149,15 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
         paths["tuned"] = _tuned(paths[DECOMPOSED], folder / "tuned.onnx", shapes, options)
         targets["tune"] = "tuned"
     return paths, targets
+
+
+def _int8(model: onnx.ModelProto, shape: list[int]) -> onnx.ModelProto:
+    """``ln2d quantize``'s INT8 model, calibrated on 16 random inputs: the bench's networks
+    have random weights, so no data is more real, and speed does not depend on it."""
+    from ln2d.export.quantize import QuantizeOptions, quantize_model
+
+    images = np.random.default_rng(0).standard_normal((16, *shape[1:])).astype(np.float32)
+    return quantize_model(model, images, QuantizeOptions(progress=False))[0]
 
 
 def _save(model: onnx.ModelProto, path: Path) -> str:
@@ -190,9 +203,9 @@ def _point(job: dict, timed: dict) -> dict:
     return point
 
 
-def _profiled(targets: dict[str, str]) -> list[str]:
+def _profiled(targets: dict[str, str], int8: bool) -> list[str]:
     picks = [targets["cpu"]] + ([targets["tune"]] if "tune" in targets else [])
-    return list(dict.fromkeys([DECOMPOSED, "no-norm", *picks]))
+    return list(dict.fromkeys([DECOMPOSED, "no-norm", *picks, *(["int8"] if int8 else [])]))
 
 
 def _eager_phase(networks, results: list[dict], options: BenchOptions) -> None:

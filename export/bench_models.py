@@ -70,7 +70,7 @@ class Network:
     channels: tuple[int, ...] | None = None  # fixed input channels; None: the grid's
     min_size: int = 2
     spatial: tuple[int, ...] | None = None  # fixed H = W; None: the grid's
-    batches: tuple[int, ...] | None = None  # fixed batch sizes; None: the grid's
+    batches: tuple[int, ...] | None = None  # its default batch sizes; None: the grid's
     tune: bool = False  # also time what ``ln2d fuse --tune`` picks at these shapes
 
 

@@ -348,7 +348,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         help="comma list of ln2d, convnext-block, simple, convnext-atto (default: all)",
     )
     bench.add_argument("--providers", type=_names, default=("cpu", "cuda"), help="cpu,cuda")
-    bench.add_argument("--batch", type=int_list, default=(1, 8, 32), help="e.g. 1,8,32")
+    bench.add_argument(
+        "--batch", type=int_list, help="e.g. 1,8,32 (default: 1,8,32; convnext-atto: 1,8)"
+    )
     bench.add_argument(
         "--channels", type=int_list, default=(32, 96, 256), help="C (simple: fixed at 3)"
     )
@@ -361,6 +363,12 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         "--profile",
         action="store_true",
         help="also print ONNX Runtime's per-op profile of decomposed, no-norm and the picks",
+    )
+    bench.add_argument(
+        "--int8",
+        action="store_true",
+        help="also time an INT8 variant, quantized as ln2d quantize does (calibrated on random "
+        "inputs: the networks' weights are random too)",
     )
     bench.add_argument("--json", type=Path, help="write the results as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -375,7 +383,7 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.model) - set(NETWORKS)) + sorted(set(args.providers) - set(PROVIDERS))
     if unknown:
         raise UserError(f"unknown model or provider: {', '.join(unknown)}")
-    if min(args.batch + args.channels + args.spatial) < 1 or args.seconds <= 0:
+    if min((args.batch or ()) + args.channels + args.spatial) < 1 or args.seconds <= 0:
         raise UserError("--batch, --channels and --spatial must be positive, --seconds > 0")
     options = BenchOptions(
         args.model,
@@ -387,6 +395,7 @@ def run_bench(args: argparse.Namespace) -> int:
         args.threads or available_cpus(),
         progress=not args.no_progress,
         profile=args.profile,
+        int8=args.int8,
     )
     report = run(options)
     print(table(report))

@@ -45,6 +45,19 @@ def test_bench_times_every_variant_and_writes_json(tmp_path):
     assert "cuda: skipped, provider not available" in result.stdout or "on cuda" in result.stdout
 
 
+def test_bench_times_an_int8_variant_beside_the_others(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli(
+        "bench", "--model", "simple", "--batch", "2", "--spatial", "8", "--seconds", "0.02",
+        "--int8", "--json", str(out), "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (point,) = json.loads(out.read_text())["results"]
+    assert point["median_ms"]["int8"] > 0 and point["median_ms"]["decomposed (A/A)"] > 0
+    (header,) = [line for line in result.stdout.splitlines() if line.startswith("| shape |")]
+    assert " int8 " in header.split("|")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
