@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 from ln2d.cli import int_list
@@ -64,25 +65,35 @@ def run_export(args: argparse.Namespace) -> int:
     opset = args.opset or DEFAULT_OPSET
     if args.precision == "fp16" and args.no_fuse:
         raise UserError("--precision fp16 needs fusion, which keeps the norms' statistics fp32")
-    if _user_model(args):
-        report = _export_user_model(args, opset)
-    else:
-        checkpoint = load_from_args(args)
-        proto, report = export_checkpoint(checkpoint, opset, not args.no_fuse, args.target)
-        save_model(proto, args.output)
+    with tempfile.TemporaryDirectory() as scratch:
+        # fp16 is converted from the fp32 export: only the converted model reaches --output.
+        fp32 = Path(scratch) / "fp32.onnx" if args.precision == "fp16" else args.output
+        if _user_model(args):
+            report = _export_user_model(args, opset, fp32)
+        else:
+            checkpoint = load_from_args(args)
+            proto, report = export_checkpoint(checkpoint, opset, not args.no_fuse, args.target)
+            save_model(proto, fp32)
+        if args.precision == "fp16":
+            save_model(_fp16(fp32), args.output)
     if report is not None:
         print(report.table())
         _write(args.report, report.to_json())
-    if args.precision == "fp16":
-        from ln2d.export.half import to_fp16
-        from ln2d.export.onnx_io import load_model
-
-        save_model(to_fp16(load_model(args.output)), args.output)
     print(f"wrote {args.output} (opset {opset}, {args.precision})")
     return 0
 
 
-def _export_user_model(args: argparse.Namespace, opset: int):
+def _fp16(path: Path):
+    from ln2d.export.half import to_fp16
+    from ln2d.export.onnx_io import load_model
+
+    try:
+        return to_fp16(load_model(path))
+    except Exception as exc:  # the converter and the checker raise many types
+        raise UserError(f"fp16 conversion failed: {' '.join(str(exc).split())}") from None
+
+
+def _export_user_model(args: argparse.Namespace, opset: int, output: Path):
     import torch
 
     from ln2d.export.onnx_export import export_module
@@ -101,7 +112,7 @@ def _export_user_model(args: argparse.Namespace, opset: int):
     return export_module(
         model,
         torch.zeros(2, channels, height, width),
-        args.output,
+        output,
         labels=args.labels,
         preprocessing=preprocessing,
         target=args.target,

@@ -24,6 +24,46 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         # It warns once per weight below fp16's range that it clamps to 1e-7, as documented.
         warnings.filterwarnings("ignore", message=".*will be truncated to", category=UserWarning)
         half = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep_float)
+    _restore_float_constants(half, model)
     metadata.write(half, {"precision": {"precision": "fp16", "float_sites": sites}})
     onnx.checker.check_model(half, full_check=True)
     return half
+
+
+def _restore_float_constants(half: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """The converter halves every initializer, then casts back to fp32 the ones fp32 nodes
+    read, so a norm's epsilon, affine and 1/C weights would be rounded to fp16 on the way.
+    Where only such Casts read an initializer, the fp32 original replaces it and the Casts go."""
+    exact = {tensor.name: tensor for tensor in original.graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in half.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for index, tensor in enumerate(half.graph.initializer):
+        casts = readers.get(tensor.name, [])
+        if tensor.name in exact and casts and all(_casts_to_fp32(node) for node in casts):
+            half.graph.initializer[index].CopyFrom(exact[tensor.name])
+            for cast in casts:
+                _bypass(half.graph, cast)
+            _forget_type(half.graph, tensor.name)
+
+
+def _forget_type(graph: onnx.GraphProto, name: str) -> None:
+    """Drop the converter's fp16 value_info for ``name``, now an fp32 initializer."""
+    stale = [info for info in graph.value_info if info.name == name]
+    for info in stale:
+        graph.value_info.remove(info)
+
+
+def _casts_to_fp32(node: onnx.NodeProto) -> bool:
+    to = next((a.i for a in node.attribute if a.name == "to"), None)
+    return node.op_type == "Cast" and to == onnx.TensorProto.FLOAT
+
+
+def _bypass(graph: onnx.GraphProto, cast: onnx.NodeProto) -> None:
+    """Remove ``cast``; its readers read its input instead."""
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            if name == cast.output[0]:
+                node.input[position] = cast.input[0]
+    graph.node.remove(cast)

@@ -129,6 +129,9 @@ def test_fp16_export_keeps_norm_statistics_and_io_in_fp32(digits_checkpoint, tmp
     produced = {output for node in site_nodes for output in node.output}
     statistics = [n for n in site_nodes if not (n.op_type == "Conv" and n.input[0] not in produced)]
     assert statistics and all(types[out] == fp32 for n in statistics for out in n.output)
+    initializers = {t.name: t.data_type for t in model.graph.initializer}
+    constants = [name for n in statistics for name in n.input if name in initializers]
+    assert constants and all(initializers[name] == fp32 for name in constants)  # not via fp16
     layers = [n for n in model.graph.node if n.op_type == "Conv" and n not in statistics]
     assert layers and all(types[n.output[0]] == fp16 for n in layers)
     assert json.loads(metadata.read(model)["precision"])["precision"] == "fp16"
