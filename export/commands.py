@@ -240,7 +240,13 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
         "comparison passed.",
     )
     _add_source_arguments(parity)
-    parity.add_argument("model", type=Path, metavar="MODEL.onnx")
+    parity.add_argument(
+        "models",
+        type=Path,
+        nargs="+",
+        metavar="MODEL.onnx",
+        help="one or more: an fp32 export, its int8 and fp16 variants ... (compared in a summary)",
+    )
     parity.add_argument(
         "--providers",
         default="auto",
@@ -275,8 +281,13 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
 
 
 def run_parity(args: argparse.Namespace) -> int:
-    from ln2d.export.parity import ParityOptions, check_parity, run_parity_checks
+    from ln2d.export.parity import ParityOptions, check_parity, precision_summary, run_parity_checks
 
+    models = list(args.models)
+    if args.user_model and args.checkpoint is not None:
+        # With --model there is no CKPT: argparse gave the first model file to its slot.
+        models.insert(0, args.checkpoint)
+        args.checkpoint = None
     user_model = _user_model(args)
     options = ParityOptions(
         providers=args.providers,
@@ -291,13 +302,19 @@ def run_parity(args: argparse.Namespace) -> int:
         from ln2d.export.parity import model_inputs
         from ln2d.export.user_model import build
 
-        x, labels = model_inputs(args.model, options.data)
-        report = check_parity(build(args.user_model, args.weights), args.model, x, options, labels)
+        network = build(args.user_model, args.weights)
+        x, labels = model_inputs(models[0], options.data)
+        reports = [check_parity(network, path, x, options, labels) for path in models]
     else:
-        report = run_parity_checks(load_from_args(args), args.model, options)
-    print(report.table())
-    _write(args.json, report.to_json())
-    return 0 if report.passed else 1
+        checkpoint = load_from_args(args)
+        reports = [run_parity_checks(checkpoint, path, options) for path in models]
+    print("\n\n".join(report.table() for report in reports))
+    if len(reports) > 1:
+        print("\n" + precision_summary(reports))
+    # One model: its report, as before; several: the list of them.
+    dumped = [json.loads(report.to_json()) for report in reports]
+    _write(args.json, json.dumps(dumped[0] if len(dumped) == 1 else dumped, indent=2))
+    return 0 if all(report.passed for report in reports) else 1
 
 
 def _add_quantize(commands: argparse._SubParsersAction) -> None:

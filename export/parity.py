@@ -125,6 +125,27 @@ class ParityReport:
         return "\n".join(rows)
 
 
+def precision_summary(reports: list[ParityReport]) -> str:
+    """One row per model file: its precision against PyTorch on ONNX Runtime CPU."""
+    rows = [
+        "| model | precision | status | accuracy | top-1 agreement with PyTorch | max abs "
+        "| mean abs | p99 abs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for report in reports:
+        (cpu,) = [c for c in report.comparisons if c.name == "torch vs onnx[cpu]"] or [None]
+        if cpu is None or cpu.max_abs is None:
+            rows.append(f"| {report.model} | {report.precision} | not run on cpu | | | | | |")
+            continue
+        accuracy = "" if cpu.accuracy is None else f"{100 * cpu.accuracy:.2f} %"
+        agree = "" if cpu.top1_agreement is None else f"{100 * cpu.top1_agreement:.2f} %"
+        rows.append(
+            f"| {report.model} | {report.precision} | {cpu.status} | {accuracy} | {agree} | "
+            f"{cpu.max_abs:.2e} | {cpu.mean_abs:.2e} | {cpu.p99_abs:.2e} |"
+        )
+    return "\n".join(rows)
+
+
 def run_parity_checks(checkpoint: Checkpoint, model_path: Path, options: ParityOptions):
     """``ln2d parity`` for a SimpleLN_CNN checkpoint: its own data, then ``check_parity``."""
     x, labels = _inputs(checkpoint, options.data)

@@ -148,3 +148,18 @@ def test_fp16_needs_fusion(digits_checkpoint, tmp_path):
         "export", str(digits_checkpoint), "-o", str(out), "--precision", "fp16", "--no-fuse"
     )
     assert result.returncode == 2 and "needs fusion" in result.stderr and not out.exists()
+
+
+def test_parity_compares_precisions_in_one_report(digits_checkpoint, digits_onnx, tmp_path):
+    int8, half, report = tmp_path / "int8.onnx", tmp_path / "fp16.onnx", tmp_path / "all.json"
+    _quantize(digits_onnx, int8)
+    exported = run_cli("export", str(digits_checkpoint), "-o", str(half), "--precision", "fp16")
+    assert exported.returncode == 0, exported.stderr
+    models = [str(digits_onnx), str(int8), str(half)]
+    result = run_cli("parity", str(digits_checkpoint), *models, "--json", str(report))
+    assert result.returncode == 0, result.stdout
+    reports = json.loads(report.read_text())
+    assert [r["precision"] for r in reports] == ["fp32", "int8", "fp16"]
+    summary = result.stdout.split("| model | precision |")[1]
+    for model, precision in zip(models, ("fp32", "int8", "fp16"), strict=True):
+        assert f"| {model} | {precision} | pass |" in summary
