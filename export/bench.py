@@ -57,6 +57,7 @@ class BenchOptions:
     progress: bool = True
     profile: bool = False  # ONNX Runtime's per-op profile of decomposed, no-norm and picks
     int8: bool = False  # also an INT8 variant, as ln2d quantize makes it
+    fp16: bool = False  # also an fp16 variant (ln2d export --precision fp16), on CUDA only
 
 
 def run(options: BenchOptions) -> dict:
@@ -80,7 +81,7 @@ def run(options: BenchOptions) -> dict:
                         "id": len(jobs),
                         "network": network.name,
                         "provider": provider,
-                        "models": models,
+                        "models": _for_provider(models, provider),
                         "shapes": shapes,
                         "targets": targets,
                         "profile": _profiled(targets, options.int8) if options.profile else [],
@@ -140,6 +141,10 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
         targets[target] = variant
     if options.int8:
         graphs["int8"] = _int8(decomposed, shapes[0])
+    if options.fp16:
+        from ln2d.export.half import to_fp16
+
+        graphs["fp16"] = to_fp16(graphs[targets["cuda"]])
     paths = {
         name: str(_save(graph, folder / f"{i}.onnx"))
         for i, (name, graph) in enumerate(graphs.items())
@@ -158,6 +163,12 @@ def _int8(model: onnx.ModelProto, shape: list[int]) -> onnx.ModelProto:
 
     images = np.random.default_rng(0).standard_normal((16, *shape[1:])).astype(np.float32)
     return quantize_model(model, images, QuantizeOptions(progress=False))[0]
+
+
+def _for_provider(models: dict[str, str], provider: str) -> dict[str, str]:
+    """fp16 is for GPUs: ONNX Runtime's CPU provider has few fp16 kernels, so timing it there
+    would measure the fallbacks."""
+    return {name: path for name, path in models.items() if name != "fp16" or provider == "cuda"}
 
 
 def _save(model: onnx.ModelProto, path: Path) -> str:

@@ -398,6 +398,11 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         help="also time an INT8 variant, quantized as ln2d quantize does (calibrated on random "
         "inputs: the networks' weights are random too)",
     )
+    bench.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also time an fp16 variant (export --precision fp16) on CUDA; not on CPU",
+    )
     bench.add_argument("--json", type=Path, help="write the results as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.set_defaults(run=run_bench, extra="export,cpu")
@@ -424,6 +429,7 @@ def run_bench(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         profile=args.profile,
         int8=args.int8,
+        fp16=args.fp16,
     )
     report = run(options)
     print(table(report))

@@ -45,15 +45,19 @@ def test_bench_times_every_variant_and_writes_json(tmp_path):
     assert "cuda: skipped, provider not available" in result.stdout or "on cuda" in result.stdout
 
 
-def test_bench_times_an_int8_variant_beside_the_others(tmp_path):
+def test_bench_times_an_int8_variant_beside_the_others_and_fp16_on_cuda_only(tmp_path):
     out = tmp_path / "bench.json"
     result = run_cli(
         "bench", "--model", "simple", "--batch", "2", "--spatial", "8", "--seconds", "0.02",
-        "--int8", "--json", str(out), "--no-progress",
+        "--int8", "--fp16", "--json", str(out), "--no-progress",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    (point,) = json.loads(out.read_text())["results"]
-    assert point["median_ms"]["int8"] > 0 and point["median_ms"]["decomposed (A/A)"] > 0
+    points = {p["provider"]: p for p in json.loads(out.read_text())["results"]}
+    cpu = points["cpu"]
+    assert cpu["median_ms"]["int8"] > 0 and cpu["median_ms"]["decomposed (A/A)"] > 0
+    assert "fp16" not in cpu["median_ms"]  # ONNX Runtime's CPU fp16 kernels are not the point
+    if "cuda" in points:
+        assert points["cuda"]["median_ms"]["fp16"] > 0
     (header,) = [line for line in result.stdout.splitlines() if line.startswith("| shape |")]
     assert " int8 " in header.split("|")
 
