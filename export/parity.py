@@ -114,10 +114,10 @@ class ParityReport:
                 rows.append(f"| {c.name} | {c.status} | | | | | | | |")
                 continue
             agree = "" if c.top1_agreement is None else f"{c.top1_agreement:.4f}"
-            accuracy = "" if c.accuracy is None else f"{100 * c.accuracy:.2f} %"
             rows.append(
                 f"| {c.name} | {c.status} | {c.max_abs:.2e} | {c.max_rel:.2e} | "
-                f"{c.mean_abs:.2e} | {c.p99_abs:.2e} | {c.cosine:.7f} | {agree} | {accuracy} |"
+                f"{c.mean_abs:.2e} | {c.p99_abs:.2e} | {c.cosine:.7f} | {agree} | "
+                f"{_percent(c.accuracy)} |"
             )
             if c.bisect:
                 rows.append(f"  bisect: {c.bisect['verdict']}")
@@ -137,13 +137,16 @@ def precision_summary(reports: list[ParityReport]) -> str:
         if cpu is None or cpu.max_abs is None:
             rows.append(f"| {report.model} | {report.precision} | not run on cpu | | | | | |")
             continue
-        accuracy = "" if cpu.accuracy is None else f"{100 * cpu.accuracy:.2f} %"
-        agree = "" if cpu.top1_agreement is None else f"{100 * cpu.top1_agreement:.2f} %"
         rows.append(
-            f"| {report.model} | {report.precision} | {cpu.status} | {accuracy} | {agree} | "
-            f"{cpu.max_abs:.2e} | {cpu.mean_abs:.2e} | {cpu.p99_abs:.2e} |"
+            f"| {report.model} | {report.precision} | {cpu.status} | {_percent(cpu.accuracy)} | "
+            f"{_percent(cpu.top1_agreement)} | {cpu.max_abs:.2e} | {cpu.mean_abs:.2e} | "
+            f"{cpu.p99_abs:.2e} |"
         )
     return "\n".join(rows)
+
+
+def _percent(fraction: float | None) -> str:
+    return "" if fraction is None else f"{100 * fraction:.2f} %"
 
 
 def run_parity_checks(checkpoint: Checkpoint, model_path: Path, options: ParityOptions):
