@@ -14,7 +14,8 @@ from ln2d.errors import UserError, writing
 
 TARGET_HELP = (
     "runtime to fuse for: per site, a form ln2d bench measured never slower than the input's "
-    "own form in its context, already-fused sites kept as they came (cpu); or one "
+    "own form in its context, already-fused sites kept as they came (cpu); ln2d's own "
+    "kernel, which needs ln2d.native where the model runs (cpu-native); or one "
     "LayerNormalization where the opset has it (cuda, portable); default: cpu"
 )
 

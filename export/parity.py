@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from ln2d import native
 from ln2d.checkpoint import Checkpoint
 from ln2d.constants import PROVIDERS
 from ln2d.data import Preprocessing
@@ -250,7 +251,12 @@ def _providers(spec: str) -> tuple[list[str], list[str]]:
 
 
 def _session(model: onnx.ModelProto, provider: str) -> ort.InferenceSession:
-    session = ort.InferenceSession(model.SerializeToString(), providers=[PROVIDERS[provider]])
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(), native.session_options(), providers=[PROVIDERS[provider]]
+        )
+    except Exception as exc:  # onnxruntime raises its own, unexported exception types
+        raise UserError(str(native.explain(exc))) from None
     if session.get_providers()[0] != PROVIDERS[provider]:
         raise UserError(f"onnxruntime did not activate {PROVIDERS[provider]}")
     return session

@@ -22,6 +22,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
+from ln2d import native
 from ln2d.errors import UserError
 from ln2d.export import metadata
 from ln2d.export.fusion import Site, fuse_model
@@ -203,7 +204,10 @@ def _check(model: onnx.ModelProto) -> None:
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = native.session_options()
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def _logits(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ln2d import native
 from ln2d.constants import PROVIDERS
 
 AA_SUFFIX = " (A/A)"  # the control variant's name: the same model's second session
@@ -32,7 +33,7 @@ def session(model: bytes | str, threads: int, provider: str = "cpu", profile_to:
     with ``profile_to``, ONNX Runtime's profiler writes there (a file name prefix)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = native.session_options()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3

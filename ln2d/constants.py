@@ -24,7 +24,7 @@ METADATA_KEYS = (
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 # The fusion targets (export.fusion.targets holds their rules) and the default one.
-TARGETS = ("cpu", "cuda", "portable")
+TARGETS = ("cpu", "cpu-native", "cuda", "portable")
 DEFAULT_TARGET = "cpu"
 
 # The norm layers SimpleLN_CNN can be built with (ln2d.model holds their constructors).

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ln2d import native
 from ln2d.constants import METADATA_PREFIX, PROVIDERS
 
 log = logging.getLogger("ln2d.serve")
@@ -83,7 +84,7 @@ def _session(ort, path: Path, provider: str, cpu_fallback: bool, threads: int):
             )
         log.warning("%s is not available; serving on CPU (--cpu-fallback)", wanted)
         wanted = PROVIDERS["cpu"]
-    options = ort.SessionOptions()
+    options = native.session_options()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Spinning threads burn the cores that the event loop and the image decoders need between
@@ -93,7 +94,7 @@ def _session(ort, path: Path, provider: str, cpu_fallback: bool, threads: int):
     try:
         session = ort.InferenceSession(str(path), options, providers=[wanted])
     except Exception as exc:  # onnxruntime raises its own untyped errors for invalid files
-        raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+        raise ModelLoadError(f"cannot load {path}: {native.explain(exc)}") from exc
     active = session.get_providers()[0]
     if active != wanted and not cpu_fallback:
         raise ModelLoadError(f"{wanted} was requested but ONNX Runtime activated {active}")

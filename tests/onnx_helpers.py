@@ -11,6 +11,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from ln2d import native
+
 EXPORTERS = [("torchscript", 17), ("torchscript", 18), ("dynamo", 18)]
 
 
@@ -52,7 +54,9 @@ def export(module: torch.nn.Module, x: torch.Tensor, exporter: str, opset: int, 
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = native.session_options()  # as the project's own sessions: native models load
+    cpu = ["CPUExecutionProvider"]
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=cpu)
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 

@@ -34,7 +34,7 @@ __all__ = ["FusionError", "FusionReport", "Matched", "Site", "fuse_model", "lowe
 
 @dataclass(frozen=True)
 class Matched:
-    """The input graph with each site replaced by an ai.ln2d::LayerNorm2d placeholder."""
+    """The input graph with each site replaced by an ln2d.fusion::LayerNorm2d placeholder."""
 
     source: onnx.ModelProto  # the input, returned as it is when nothing fuses
     placeholders: onnx.ModelProto

@@ -1,10 +1,10 @@
-"""Fused forms: standard-ONNX subgraphs that compute a LayerNorm2d, one function per form.
+"""Fused forms: subgraphs that compute a LayerNorm2d, one function per form.
 
 Each form takes the builder, the NCHW input, an optional per-channel scale (C,), an optional
-bias (C,), epsilon and the graph's opset, and returns the NCHW output in that opset's standard
-ops, so any runtime can run the result. They differ in how fast a given runtime runs them (see
-``ln2d bench``), not in what they compute: statistics are always fp32 and the variance is always
-two-pass, E[(x - mean)^2].
+bias (C,), epsilon and the graph's opset, and returns the NCHW output. Every form but ``native``
+is in that opset's standard ops, so any runtime can run the result; ``native`` is ln2d's own
+kernel (``ln2d.native``). They differ in how fast a given runtime runs them (see ``ln2d bench``),
+not in what they compute: statistics are always fp32.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from functools import partial
 import numpy as np
 import onnx_ir as ir
 
+from ln2d import native as ln2d_native
 from ln2d.export.fusion.patterns import new_initializer
 from ln2d.export.fusion.report import Site
 
@@ -119,6 +120,21 @@ def centrable(x: ir.Value) -> bool:
     )
 
 
+def native(op, x, scale, bias, epsilon: float, opset: int) -> ir.Value:
+    """ln2d's own kernel, ``ai.ln2d::LayerNorm2d`` (``ln2d.native``): X read once for the
+    statistics and once for the output, Y written once, where every standard-op form passes
+    over the tensor many times. Runs only where the library is registered in the session."""
+    channels = x.shape[1]
+
+    def body(x, scale, bias):
+        ones, zeros = np.ones(channels, np.float32), np.zeros(channels, np.float32)
+        scale = scale if scale is not None else new_initializer(op, ones, "scale")
+        bias = bias if bias is not None else new_initializer(op, zeros, "bias")
+        return op.LayerNorm2d(x, scale, bias, epsilon=epsilon, _domain=ln2d_native.DOMAIN)
+
+    return _in_fp32(op, x, scale, bias, body)
+
+
 def _flat_moments(op, x, scale, bias, channels: int, epsilon: float) -> ir.Value:
     flat = _flatten(op, x, channels)
     centred = op.Sub(flat, _matmul(op, flat, channels))
@@ -198,6 +214,7 @@ FORMS: dict[str, Form] = {
     "reduce_moments": reduce_moments,
     "conv_moments": conv_moments,
     "centred_conv": centred_conv,  # only where ``centrable``
+    "native": native,  # only where this install has the library
 }
 MIN_OPSET = {"transpose_layernorm": 17}  # LayerNormalization; every other form: 13
 
@@ -208,10 +225,16 @@ def exists_at(form: str, opset: int) -> bool:
 
 
 def lowers(form: str, site: Site) -> bool:
-    """The form can replace this site: its ops exist at the site's opset, and centred_conv
-    only where a Conv can be centred."""
+    """The form can replace this site: its ops exist at the site's opset, centred_conv only
+    where a Conv can be centred, native only where the library is installed."""
     needs_conv = form == "centred_conv"
-    return form in FORMS and exists_at(form, site.opset) and (site.centrable or not needs_conv)
+    needs_library = form == "native"
+    return (
+        form in FORMS
+        and exists_at(form, site.opset)
+        and (site.centrable or not needs_conv)
+        and (ln2d_native.available() or not needs_library)
+    )
 
 
 def forms_for(site: Site) -> list[str]:

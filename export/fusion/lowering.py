@@ -1,4 +1,4 @@
-"""Replace every ai.ln2d::LayerNorm2d placeholder with the standard-op form chosen for it."""
+"""Replace every ln2d.fusion::LayerNorm2d placeholder with the form chosen for it."""
 
 from __future__ import annotations
 

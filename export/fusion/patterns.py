@@ -9,8 +9,8 @@ After canonicalization (see canonicalize.py) every supported style reads as
     y    = d / Sqrt(var + eps)  or  d * Reciprocal(Sqrt(var + eps))
 
 followed optionally by ``* weight`` and ``+ bias`` with constant per-channel tensors. A site that
-matches is replaced by one ``ai.ln2d::LayerNorm2d`` placeholder node; lowering.py later turns each
-placeholder into standard ONNX ops, so matching and the choice of fused form stay separate.
+matches is replaced by one ``ln2d.fusion::LayerNorm2d`` placeholder node; lowering.py later
+turns each placeholder into its fused form, so matching and the choice of form stay separate.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from onnxscript.rewriter import pattern
 
 from ln2d.export.fusion._ir import FLOAT_TYPES, const_array, keepdims, normalized_axes, scalar
 
-DOMAIN = "ai.ln2d"
+# The placeholder's own domain, internal to fusion: ai.ln2d is the native op's (ln2d.native).
+DOMAIN = "ln2d.fusion"
 PLACEHOLDER = "LayerNorm2d"
 
 
 def placeholder(op, inputs: list[ir.Value], attributes: dict) -> ir.Value:
-    """An ai.ln2d::LayerNorm2d node. Its output keeps x's type and shape, which shape inference
+    """An ln2d.fusion::LayerNorm2d node. Its output keeps x's type and shape, which shape inference
     cannot derive for a schema-less op and which the rules downstream of it read."""
     out = op.LayerNorm2d(*inputs, _domain=DOMAIN, **attributes)
     out.type, out.shape = inputs[0].type, inputs[0].shape

@@ -43,8 +43,14 @@ def _layernorm(target: str) -> FormChoice:
     return choose
 
 
+def _cpu_native(site: Site) -> tuple[str, str]:
+    return "native", "cpu-native: ln2d's own kernel (ai.ln2d::LayerNorm2d, needs ln2d.native)"
+
+
 TARGETS: dict[str, FormChoice] = {
     "cpu": _cpu,
+    # Needs the library wherever the model runs (ln2d serve, parity and bench register it).
+    "cpu-native": _cpu_native,
     # Not measured (no GPU was available): LayerNormalization is one fused CUDA kernel, and
     # transposes cost little next to it on a GPU.
     "cuda": _layernorm("cuda"),

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import onnx
 
+from ln2d import native
 from ln2d.errors import CheckFailed
 from ln2d.export.fusion.report import FusionReport
 from ln2d.export.numerics import close, numpy_type, tolerance
@@ -61,7 +62,7 @@ def _failure(step: str, exc: Exception) -> FusionError:
 def _session(model: onnx.ModelProto):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = native.session_options()
     options.log_severity_level = 3
     return ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]

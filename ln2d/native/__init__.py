@@ -1,0 +1,64 @@
+"""The native LayerNorm2d op for ONNX Runtime's CPU provider: ``ai.ln2d::LayerNorm2d``.
+
+The C library (``layernorm2d.c``) is compiled into the wheel when a C compiler is there; it is
+loaded into a session by path, with ``register``. Torch-free, like the server that uses it.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+from pathlib import Path
+
+DOMAIN = "ai.ln2d"
+OP = "LayerNorm2d"
+HERE = Path(__file__).parent
+
+
+class NativeUnavailable(RuntimeError):
+    """The model needs the native op and this install has no library for it."""
+
+
+def library() -> Path | None:
+    """The compiled library, if this install has one."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = HERE / f"_layernorm2d{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def register(options) -> None:
+    """Load the op into ONNX Runtime ``SessionOptions``; NativeUnavailable when it is missing."""
+    path = library()
+    if path is None:
+        raise NativeUnavailable(
+            f"this model uses {DOMAIN}::{OP}, ln2d's native kernel, and this install has no "
+            "library for it: reinstall ln2d where a C compiler is available (pip install "
+            "--force-reinstall --no-binary ln2d ln2d), or export with --target cpu"
+        )
+    options.register_custom_ops_library(str(path))
+
+
+def session_options(options=None):
+    """ONNX Runtime ``SessionOptions`` (new ones if None) with the op registered when this
+    install has it: models that use it load, and other models do not notice."""
+    import onnxruntime as ort
+
+    options = options if options is not None else ort.SessionOptions()
+    if available():
+        register(options)
+    return options
+
+
+def explain(error: Exception) -> Exception:
+    """A session's load error, as NativeUnavailable when the cause is the missing op."""
+    if DOMAIN in str(error) and not available():
+        try:
+            register(None)
+        except NativeUnavailable as missing:
+            return missing
+    return error

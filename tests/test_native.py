@@ -1,0 +1,193 @@
+"""The native LayerNorm2d kernel (``ln2d.native``) in real ONNX Runtime sessions, against
+PyTorch's LayerNorm2d: shapes and epsilons from Hypothesis, NaN and Inf, thread counts, memory
+over many runs, and a runtime too old for it refused in one readable line."""
+
+from __future__ import annotations
+
+import ctypes
+import resource
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from ln2d import native
+from ln2d.layers import LayerNorm2d
+from ln2d.serve.launcher import ServerProcess
+from tests.helpers import run_cli
+from tests.images import digit, png
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="ln2d.native was not compiled")
+
+
+def _model(channels: int, epsilon: float) -> bytes:
+    node = helper.make_node(
+        native.OP, ["x", "scale", "bias"], ["y"], domain=native.DOMAIN, epsilon=epsilon
+    )
+    shape = ["N", channels, "H", "W"]
+    graph = helper.make_graph(
+        [node],
+        "layernorm2d",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, [channels]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, [channels]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(native.DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+def _session(channels: int, epsilon: float, threads: int = 1) -> ort.InferenceSession:
+    options = native.session_options()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(
+        _model(channels, epsilon), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _torch(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, epsilon: float) -> np.ndarray:
+    norm = LayerNorm2d(x.shape[1], eps=epsilon).to(torch.from_numpy(x).dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.from_numpy(scale))
+        norm.bias.copy_(torch.from_numpy(bias))
+        return norm(torch.from_numpy(x)).numpy()
+
+
+def _run(session, x, scale, bias) -> np.ndarray:
+    return session.run(None, {"x": x, "scale": scale, "bias": bias})[0]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    batch=st.integers(0, 3),
+    channels=st.integers(1, 40),
+    height=st.integers(1, 9),
+    width=st.integers(1, 300),
+    epsilon=st.sampled_from([1e-6, 1e-5, 1e-3, 0.1]),
+    offset=st.floats(-100, 100),
+    spread=st.floats(1e-2, 1e2),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_matches_pytorch(batch, channels, height, width, epsilon, offset, spread, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((batch, channels, height, width)) * spread + offset).astype(np.float32)
+    scale = rng.uniform(0.5, 1.5, channels).astype(np.float32)
+    bias = rng.uniform(-1, 1, channels).astype(np.float32)
+    got = _run(_session(channels, epsilon), x, scale, bias)
+    assert got.shape == x.shape
+    exact = _torch(*(a.astype(np.float64) for a in (x, scale, bias)), epsilon)
+    pytorch = _torch(x, scale, bias, epsilon)
+    # As close to the exact result as PyTorch's own fp32 is, within a small factor: a pixel
+    # whose channels nearly agree is ill-conditioned in fp32 for any implementation.
+    ours, theirs = np.abs(got - exact), np.abs(pytorch - exact)
+    assert np.all(ours <= 4 * theirs + 2e-5 * (1 + np.abs(exact))), float((ours - theirs).max())
+
+
+def test_nan_and_inf_poison_their_pixel_as_in_pytorch():
+    x = np.random.default_rng(0).standard_normal((1, 4, 2, 3)).astype(np.float32)
+    x[0, 1, 0, 0], x[0, 2, 1, 2], x[0, 0, 1, 0] = np.nan, np.inf, -np.inf
+    scale, bias = np.ones(4, np.float32), np.zeros(4, np.float32)
+    got, want = _run(_session(4, 1e-6), x, scale, bias), _torch(x, scale, bias, 1e-6)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_one_and_two_threads_give_the_same_bits():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 64, 28, 28)).astype(np.float32)
+    scale, bias = (
+        rng.standard_normal(64).astype(np.float32),
+        rng.standard_normal(64).astype(np.float32),
+    )
+    one = _run(_session(64, 1e-6, threads=1), x, scale, bias)
+    two = _run(_session(64, 1e-6, threads=2), x, scale, bias)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_no_memory_growth_over_ten_thousand_runs():
+    session = _session(8, 1e-6)
+    x = np.ones((2, 8, 4, 4), np.float32)
+    scale, bias = np.ones(8, np.float32), np.zeros(8, np.float32)
+    for _ in range(1000):  # the steady state: arenas and caches warmed
+        _run(session, x, scale, bias)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(10_000):
+        _run(session, x, scale, bias)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 2048, f"peak RSS grew by {grown_kib} KiB over 10,000 runs"
+
+
+def test_a_runtime_without_the_api_version_is_refused_in_one_line():
+    """RegisterCustomOps, called as ONNX Runtime calls it, by a runtime that offers no table of
+    the version the library needs (only the oldest): a status with one readable line comes
+    back, and nothing crashes."""
+    library = ctypes.CDLL(str(native.library()))
+    messages: list[str] = []
+    create_status = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p)(
+        lambda code, message: messages.append(message.decode()) or 1
+    )
+    oldest_table = (ctypes.c_void_p * 1)(ctypes.cast(create_status, ctypes.c_void_p))
+    get_api = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_uint32)(
+        lambda version: ctypes.addressof(oldest_table) if version == 1 else None
+    )
+    version_string = ctypes.CFUNCTYPE(ctypes.c_char_p)(lambda: b"0.0.0")
+
+    class ApiBase(ctypes.Structure):
+        _fields_ = [("get_api", type(get_api)), ("version_string", type(version_string))]
+
+    register = library.RegisterCustomOps
+    register.restype, register.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p]
+    status = register(None, ctypes.addressof(ApiBase(get_api, version_string)))
+    assert status == 1  # what our CreateStatus returned: an error status, not success (NULL)
+    (message,) = messages
+    assert "onnxruntime C API version 13" in message and "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def native_onnx(digits_checkpoint, tmp_path_factory):
+    model = tmp_path_factory.mktemp("native") / "native.onnx"
+    result = run_cli("export", str(digits_checkpoint), "-o", str(model), "--target", "cpu-native")
+    assert result.returncode == 0, result.stderr
+    assert "-> native" in result.stdout
+    return model
+
+
+@pytest.mark.integration
+def test_a_cpu_native_export_passes_parity_and_is_served(digits_checkpoint, native_onnx):
+    ops = {(node.domain, node.op_type) for node in onnx.load(native_onnx).graph.node}
+    assert (native.DOMAIN, native.OP) in ops
+    parity = run_cli("parity", str(digits_checkpoint), str(native_onnx), "--providers", "cpu")
+    assert parity.returncode == 0, parity.stdout
+    pixels, label = digit(7)
+    with ServerProcess(native_onnx) as server:
+        answer = httpx.post(
+            f"{server.url}/v1/classify", content=png(pixels), headers={"content-type": "image/png"}
+        )
+        assert answer.status_code == 200 and answer.json()["predictions"][0][0]["label"] == label
+
+
+@pytest.mark.integration
+def test_a_native_model_without_the_library_fails_in_one_line(native_onnx):
+    """Where the library is missing (here: hidden by replacing ``native.library``), ln2d serve
+    exits 2 with one line that says how to get it."""
+    code = (
+        "import sys, ln2d.native as n; n.library = lambda: None; "
+        "from ln2d.cli import main; sys.exit(main(['serve', sys.argv[1], '--port', '0']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(native_onnx)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert "ai.ln2d::LayerNorm2d" in line and "C compiler" in line
