@@ -150,6 +150,8 @@ def test_the_image_serves_as_configured_and_drains_on_its_stop_signal(config):
                 capture_output=True, text=True,
             )  # fmt: skip
             assert "No module named 'torch'" in torch.stderr
+            has_native = ["python", "-c", "from ln2d import native; assert native.available()"]
+            assert subprocess.run(run_in(name, config, {}, has_native)).returncode == 0
             answer = _stop_with_a_request_in_flight(server, pid, config.stop_signal)
             assert server.process.wait(60) == 0
             assert answer.status_code == 200 and len(answer.json()["predictions"]) == 64
