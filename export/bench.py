@@ -38,7 +38,7 @@ from ln2d.export import timing
 from ln2d.export.bench_models import NETWORKS, Network, build, without_norms
 from ln2d.export.fusion import lower, match, verify
 from ln2d.export.fusion.forms import FORMS, lowers
-from ln2d.export.fusion.targets import TARGETS
+from ln2d.export.fusion.targets import TARGETS, usable
 from ln2d.export.onnx_export import DEFAULT_OPSET, module_to_onnx
 
 DECOMPOSED, CONTROL = "decomposed", "decomposed" + timing.AA_SUFFIX
@@ -132,7 +132,7 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
         if all(lowers(form, site) for site in sites):
             graphs[form] = lower(matched, {site.name: form for site in sites})[0]
     targets = {}
-    for target in TARGETS:
+    for target in filter(usable, TARGETS):
         fused, report = lower(matched, target)
         verify(decomposed, fused, report)
         forms = {site.form for site in report.fused}

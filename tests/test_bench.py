@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from ln2d import native
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.integration
@@ -38,6 +39,7 @@ def test_bench_times_every_variant_and_writes_json(tmp_path):
         "cpu": "centred_conv",
         "cuda": "transpose_layernorm",
         "portable": "transpose_layernorm",
+        **({"cpu-native": "native"} if native.available() else {}),
     }
     assert ln2d["targets"]["cpu"] == "reduce_div"  # a bare norm has no Conv to fold into
     assert "### simple on cpu" in result.stdout and "### Summary" in result.stdout

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ln2d import native
 from ln2d.constants import DEFAULT_TARGET
+from ln2d.errors import UserError
 from ln2d.export.fusion.forms import exists_at
 from ln2d.export.fusion.report import Site
 
@@ -44,6 +46,11 @@ def _layernorm(target: str) -> FormChoice:
 
 
 def _cpu_native(site: Site) -> tuple[str, str]:
+    if not native.available():
+        try:
+            native.register(None)  # raises the one-line explanation
+        except native.NativeUnavailable as missing:
+            raise UserError(str(missing)) from None
     return "native", "cpu-native: ln2d's own kernel (ai.ln2d::LayerNorm2d, needs ln2d.native)"
 
 
@@ -59,7 +66,12 @@ TARGETS: dict[str, FormChoice] = {
 }
 
 
-__all__ = ["DEFAULT_TARGET", "TARGETS", "FormChoice", "chooser"]
+__all__ = ["DEFAULT_TARGET", "TARGETS", "FormChoice", "chooser", "usable"]
+
+
+def usable(target: str) -> bool:
+    """Whether this install can fuse for ``target`` (cpu-native needs the compiled library)."""
+    return target != "cpu-native" or native.available()
 
 
 def chooser(target: str) -> FormChoice:
