@@ -10,7 +10,10 @@
  * calls RegisterCustomOps. No ONNX Runtime header is needed: ort_abi.h declares the few parts of
  * the C API used here, by their place in the API table.
  */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -55,16 +58,60 @@ static void normalise_block(const float* x, float* y, int64_t channels, int64_t 
   }
 }
 
+/* The tensor's blocks (N x ceil(H*W / BLOCK)), numbered; a thread normalises a range of them.
+ * Each block's result depends on that block alone, so any split gives the same bits. */
+typedef struct {
+  const float* x;
+  float* y;
+  const float* scale;
+  const float* bias;
+  int64_t channels, plane, blocks_per_image;
+  float epsilon;
+  int64_t first, end; /* block range [first, end) */
+} Work;
+
+static void* normalise_blocks(void* argument) {
+  const Work* w = argument;
+  for (int64_t block = w->first; block < w->end; block++) {
+    int64_t n = block / w->blocks_per_image, start = (block % w->blocks_per_image) * BLOCK;
+    int64_t count = w->plane - start < BLOCK ? w->plane - start : BLOCK;
+    int64_t offset = n * w->channels * w->plane + start;
+    normalise_block(w->x + offset, w->y + offset, w->channels, w->plane, count, w->scale,
+                    w->bias, w->epsilon);
+  }
+  return NULL;
+}
+
+/* Threads for a tensor of `elements` floats: one below MIN_PER_THREAD each (starting threads
+ * costs more than it saves), at most the CPUs this process may run on. */
+enum { MIN_PER_THREAD = 1 << 16, MAX_THREADS = 64 };
+
+static int thread_count(int64_t elements) {
+  cpu_set_t allowed;
+  int cpus = sched_getaffinity(0, sizeof allowed, &allowed) == 0 ? CPU_COUNT(&allowed) : 1;
+  int64_t wanted = elements / MIN_PER_THREAD;
+  if (wanted < 1) wanted = 1;
+  if (wanted > cpus) wanted = cpus;
+  return (int)(wanted > MAX_THREADS ? MAX_THREADS : wanted);
+}
+
 static void layernorm2d(const float* x, float* y, const int64_t* dims, const float* scale,
                         const float* bias, float epsilon) {
-  int64_t batch = dims[0], channels = dims[1], plane = dims[2] * dims[3];
-  for (int64_t n = 0; n < batch; n++) {
-    const float* image = x + n * channels * plane;
-    float* out = y + n * channels * plane;
-    for (int64_t start = 0; start < plane; start += BLOCK) {
-      int64_t count = plane - start < BLOCK ? plane - start : BLOCK;
-      normalise_block(image + start, out + start, channels, plane, count, scale, bias, epsilon);
-    }
+  int64_t channels = dims[1], plane = dims[2] * dims[3];
+  int64_t per_image = (plane + BLOCK - 1) / BLOCK, blocks = dims[0] * per_image;
+  int threads = thread_count(dims[0] * channels * plane);
+  Work work[MAX_THREADS];
+  pthread_t helpers[MAX_THREADS];
+  int running[MAX_THREADS] = {0};
+  for (int t = 0; t < threads; t++)
+    work[t] = (Work){x, y, scale, bias, channels, plane, per_image, epsilon,
+                     blocks * t / threads, blocks * (t + 1) / threads};
+  for (int t = 1; t < threads; t++)
+    running[t] = pthread_create(&helpers[t], NULL, normalise_blocks, &work[t]) == 0;
+  normalise_blocks(&work[0]);
+  for (int t = 1; t < threads; t++) {
+    if (running[t]) pthread_join(helpers[t], NULL);
+    else normalise_blocks(&work[t]); /* a helper that could not start: its range here */
   }
 }
 
