@@ -131,9 +131,12 @@ class Batcher:
         try:
             done = await asyncio.wait_for(waiting, max(0.0, deadline - now))
         except asyncio.TimeoutError:
-            self._metrics.rejections.labels("deadline").inc()
-            raise ApiError(504, "deadline exceeded while waiting for inference") from None
+            raise self._past_deadline() from None
         return [done] if len(futures) == 1 else done
+
+    def _past_deadline(self) -> ApiError:
+        self._metrics.rejections.labels("deadline").inc()
+        return ApiError(504, "deadline exceeded while waiting for inference")
 
     def alone(self, admission: Admission) -> bool:
         """Whether this request is the only one admitted: there is nothing to batch it with."""
@@ -155,8 +158,7 @@ class Batcher:
                 job, max(0.0, deadline - time.monotonic())
             )
         except asyncio.TimeoutError:
-            self._metrics.rejections.labels("deadline").inc()
-            raise ApiError(504, "deadline exceeded while waiting for inference") from None
+            raise self._past_deadline() from None
         self._metrics.batch_size.observe(len(logits))
         self._metrics.observe("inference", inference_s)
         self._metrics.observe("queue", 0.0)

@@ -22,6 +22,7 @@ from onnxscript.rewriter import pattern
 from ln2d.export.fusion.canonicalize import canonical_rules
 from ln2d.export.fusion.diagnose import rejected_sites
 from ln2d.export.fusion.forms import centrable, lowers
+from ln2d.export.fusion.islands import SITE_PREFIX
 from ln2d.export.fusion.lowering import lowering_rules
 from ln2d.export.fusion.patterns import DOMAIN, PLACEHOLDER, affine_rules, matching_rules
 from ln2d.export.fusion.report import FusionReport, Site, op_histogram
@@ -148,7 +149,7 @@ def _name_sites(model: ir.Model, opset: int) -> list[Site]:
     sites = []
     placeholders = [n for n in model.graph if n.domain == DOMAIN and n.op_type == PLACEHOLDER]
     for index, node in enumerate(placeholders):
-        name = f"ln2d_site_{index}"
+        name = f"{SITE_PREFIX}{index}"
         node.attributes["site"] = ir.AttrString("site", name)
         x = node.inputs[0]
         affine = {1: "none", 2: "weight", 3: "weight+bias"}[len(node.inputs)]

@@ -47,10 +47,7 @@ def _layernorm(target: str) -> FormChoice:
 
 def _cpu_native(site: Site) -> tuple[str, str]:
     if not native.available():
-        try:
-            native.register(None)  # raises the one-line explanation
-        except native.NativeUnavailable as missing:
-            raise UserError(str(missing)) from None
+        raise UserError(str(native.missing()))
     return "native", "cpu-native: ln2d's own kernel (ai.ln2d::LayerNorm2d, needs ln2d.native)"
 
 

@@ -11,6 +11,7 @@ import onnx
 
 from ln2d import native
 from ln2d.errors import CheckFailed
+from ln2d.export.fusion.islands import SITE_PREFIX
 from ln2d.export.fusion.report import FusionReport
 from ln2d.export.numerics import close, numpy_type, tolerance
 
@@ -54,7 +55,7 @@ def _loads(model: onnx.ModelProto) -> bool:
 
 def _failure(step: str, exc: Exception) -> FusionError:
     text = " ".join(str(exc).split())
-    site = re.search(r"ln2d_site_\d+", text)
+    site = re.search(re.escape(SITE_PREFIX) + r"\d+", text)
     where = f"site {site.group(0)}" if site else "outside the fused sites"
     return FusionError(f"fused model failed {step} ({where}): {text[:300]}")
 

@@ -31,15 +31,20 @@ def available() -> bool:
     return library() is not None
 
 
+def missing() -> NativeUnavailable:
+    """The error for a model that needs the op where this install has no library."""
+    return NativeUnavailable(
+        f"this model uses {DOMAIN}::{OP}, ln2d's native kernel, and this install has no "
+        "library for it: reinstall ln2d where a C compiler is available (pip install "
+        "--force-reinstall --no-binary ln2d ln2d), or export with --target cpu"
+    )
+
+
 def register(options) -> None:
     """Load the op into ONNX Runtime ``SessionOptions``; NativeUnavailable when it is missing."""
     path = library()
     if path is None:
-        raise NativeUnavailable(
-            f"this model uses {DOMAIN}::{OP}, ln2d's native kernel, and this install has no "
-            "library for it: reinstall ln2d where a C compiler is available (pip install "
-            "--force-reinstall --no-binary ln2d ln2d), or export with --target cpu"
-        )
+        raise missing()
     options.register_custom_ops_library(str(path))
 
 
@@ -49,16 +54,12 @@ def session_options(options=None):
     import onnxruntime as ort
 
     options = options if options is not None else ort.SessionOptions()
-    if available():
-        register(options)
+    path = library()
+    if path is not None:
+        options.register_custom_ops_library(str(path))
     return options
 
 
 def explain(error: Exception) -> Exception:
     """A session's load error, as NativeUnavailable when the cause is the missing op."""
-    if DOMAIN in str(error) and not available():
-        try:
-            register(None)
-        except NativeUnavailable as missing:
-            return missing
-    return error
+    return missing() if DOMAIN in str(error) and not available() else error

@@ -24,6 +24,9 @@ enum { BLOCK = 256 }; /* pixels whose statistics are accumulated together */
 
 static const OrtApiTable* api;
 
+#define VERSION_TEXT(version) STRINGIFY(version)
+#define STRINGIFY(text) #text
+
 typedef struct {
   float epsilon;
 } Kernel;
@@ -182,7 +185,9 @@ OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base)
   if (api == NULL) {
     /* Too old a runtime for the table declared here: say so through the oldest table. */
     api = base->GetApi(1);
-    return api == NULL ? NULL : fail("ln2d native LayerNorm2d needs onnxruntime C API version 13 or newer");
+    return api == NULL ? NULL
+                       : fail("ln2d native LayerNorm2d needs onnxruntime C API version " VERSION_TEXT(
+                             ORT_API_VERSION_USED) " or newer");
   }
   OrtCustomOpDomain* domain = NULL;
   OrtStatus* status =
