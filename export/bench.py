@@ -31,6 +31,7 @@ import onnx
 import torch
 from tqdm import tqdm
 
+from ln2d import native
 from ln2d.constants import PROVIDERS
 from ln2d.cpu_quota import available_cpus
 from ln2d.errors import UserError
@@ -42,6 +43,8 @@ from ln2d.export.fusion.targets import TARGETS, usable
 from ln2d.export.onnx_export import DEFAULT_OPSET, module_to_onnx
 
 DECOMPOSED, CONTROL = "decomposed", "decomposed" + timing.AA_SUFFIX
+FP16 = "fp16:"  # the prefix of a variant's fp16 twin (export --precision fp16), timed on CUDA
+TARGET_OF = {"cpu": "cpu", "cuda": "cuda"}  # the target whose pick a provider's table follows
 DEFAULT_BATCHES = (1, 8, 32)
 
 
@@ -57,7 +60,7 @@ class BenchOptions:
     progress: bool = True
     profile: bool = False  # ONNX Runtime's per-op profile of decomposed, no-norm and picks
     int8: bool = False  # also an INT8 variant, as ln2d quantize makes it
-    fp16: bool = False  # also an fp16 variant (ln2d export --precision fp16), on CUDA only
+    fp16: bool = False  # also fp16 twins of the fused forms (export --precision fp16), CUDA only
 
 
 def run(options: BenchOptions) -> dict:
@@ -89,8 +92,7 @@ def run(options: BenchOptions) -> dict:
                 )
         timed = _onnxruntime_phase(jobs, options, Path(tmp))
     results = [_point(jobs[t["job"]], t) for t in timed]
-    if "cpu" in providers:
-        _eager_phase(networks, results, options)
+    _eager_phase(networks, results, options)
     return {
         "date": date.today().isoformat(),
         "machine": _machine(options.threads),
@@ -142,9 +144,7 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
     if options.int8:
         graphs["int8"] = _int8(decomposed, shapes[0])
     if options.fp16:
-        from ln2d.export.half import to_fp16
-
-        graphs["fp16"] = to_fp16(graphs[targets["cuda"]])
+        graphs.update(_fp16_twins(graphs))
     paths = {
         name: str(_save(graph, folder / f"{i}.onnx"))
         for i, (name, graph) in enumerate(graphs.items())
@@ -165,10 +165,23 @@ def _int8(model: onnx.ModelProto, shape: list[int]) -> onnx.ModelProto:
     return quantize_model(model, images, QuantizeOptions(progress=False))[0]
 
 
+def _fp16_twins(graphs: dict[str, onnx.ModelProto]) -> dict[str, onnx.ModelProto]:
+    """Each standard-op variant but decomposed as ``ln2d export --precision fp16`` makes it
+    (decomposed has no sites to keep in fp32); no-norm's twin measures fp16's norm overhead.
+    The native op is fp32 and CPU-only, so graphs with it have no twin."""
+    from ln2d.export.half import to_fp16
+
+    return {
+        FP16 + name: to_fp16(graph)
+        for name, graph in graphs.items()
+        if name != DECOMPOSED and all(node.domain != native.DOMAIN for node in graph.graph.node)
+    }
+
+
 def _for_provider(models: dict[str, str], provider: str) -> dict[str, str]:
     """fp16 is for GPUs: ONNX Runtime's CPU provider has few fp16 kernels, so timing it there
     would measure the fallbacks."""
-    return {name: path for name, path in models.items() if name != "fp16" or provider == "cuda"}
+    return {n: path for n, path in models.items() if not n.startswith(FP16) or provider == "cuda"}
 
 
 def _save(model: onnx.ModelProto, path: Path) -> str:
@@ -220,30 +233,61 @@ def _profiled(targets: dict[str, str], int8: bool) -> list[str]:
 
 
 def _eager_phase(networks, results: list[dict], options: BenchOptions) -> None:
-    """PyTorch eager (and a copy of x, for a bare norm), added to each cpu point."""
+    """PyTorch eager (and a copy of x, for a bare norm) on the point's device, added to each
+    point of a provider this torch also runs on; with --fp16 on CUDA, eager in fp16 too."""
     torch.set_num_threads(options.threads)
     modules = {(n.name, c): build(n, c) for n, c in networks}
-    cpu = [p for p in results if p["provider"] == "cpu"]
-    for point in tqdm(cpu, desc="eager", disable=not options.progress):
+    ours = [p for p in results if _torch_device(p["provider"])]
+    for point in tqdm(ours, desc="eager", disable=not options.progress):
         module = modules[(point["network"], point["shape"][1])]
-        point["median_ms"].update(_eager_timings(point, module, options.seconds))
+        device = _torch_device(point["provider"])
+        point["median_ms"].update(_eager_timings(point, module, device, options))
         if point["network"] == "ln2d":
             moved = 2 * math.prod(point["shape"]) * 4  # read x once, write y once: the least
-            point["gb_per_s"] = {k: moved / (ms * 1e6) for k, ms in point["median_ms"].items()}
+            point["gb_per_s"] = {
+                k: moved / (ms * 1e6)
+                for k, ms in point["median_ms"].items()
+                if not k.startswith(FP16)  # half the bytes: not comparable with the copy
+            }
 
 
-def _eager_timings(point: dict, module: torch.nn.Module, seconds: float) -> dict[str, float]:
+def _torch_device(provider: str) -> str | None:
+    if provider == "cuda":
+        return "cuda" if torch.cuda.is_available() else None
+    return provider
+
+
+def _eager_timings(point: dict, module, device: str, options: BenchOptions) -> dict[str, float]:
     x = torch.from_numpy(np.random.default_rng(0).standard_normal(point["shape"], np.float32))
-    runners = {"eager": lambda: _eager(module, x)}
+    x, module = x.to(device), module.to(device)
+    runners = {"eager": _eager(module, x)}
     if point["network"] == "ln2d":
         copy = torch.empty_like(x)
-        runners["copy"] = lambda: copy.copy_(x)
-    return timing.interleaved(runners, seconds)
+        runners["copy"] = _synchronised(lambda: copy.copy_(x), device)
+    if options.fp16 and device == "cuda":
+        runners[FP16 + "eager"] = _eager(_half_copy(module), x.half())
+    return timing.interleaved(runners, options.seconds)
 
 
-def _eager(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return module(x)
+def _half_copy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module).half()
+
+
+def _eager(module: torch.nn.Module, x: torch.Tensor) -> timing.Runner:
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x)
+
+    return _synchronised(run, x.device.type)
+
+
+def _synchronised(run: timing.Runner, device: str) -> timing.Runner:
+    """On CUDA the clock stops when the kernels are done, not when they are queued."""
+    if device != "cuda":
+        return run
+    return lambda: (run(), torch.cuda.synchronize())
 
 
 def _machine(threads: int) -> dict:
@@ -269,7 +313,7 @@ def summary(report: dict) -> dict:
     for (network, provider), points in _groups(report["results"]).items():
         noise = max(abs(1 - p["aa_ratio"]) for p in points)
         entry = {"aa_noise": noise, "noisy_points": sum(p["noisy"] for p in points)}
-        for target in ("cpu", "tune"):
+        for target in (TARGET_OF[provider], "tune"):
             if target not in points[0]["targets"]:
                 continue
             speedups = [_speedup(p, p["targets"][target]) for p in points]
@@ -303,7 +347,8 @@ def table(report: dict) -> str:
     lines += [f"{p}: skipped, {why}" for p, why in report["skipped_providers"].items()]
     for (network, provider), points in _groups(report["results"]).items():
         variants = [v for v in points[0]["median_ms"] if v != CONTROL]
-        head = ["shape", "A/A", *variants, "cpu target"]
+        target = TARGET_OF[provider]
+        head = ["shape", "A/A", *variants, f"{target} target"]
         if network == "ln2d":
             head.append("GB/s target / copy")
         lines += ["", f"### {network} on {provider}", "", _row(head), _row(["---"] * len(head))]
@@ -311,10 +356,10 @@ def table(report: dict) -> str:
             ms, base = p["median_ms"], p["median_ms"][DECOMPOSED]
             row = ["x".join(map(str, p["shape"])), f"{p['aa_ratio']:.3f}" + "!" * p["noisy"]]
             row += [f"{ms[v]:.3f} ({base / ms[v]:.2f}x)" for v in variants]
-            row.append(p["targets"]["cpu"])
+            row.append(p["targets"][target])
             if network == "ln2d" and "gb_per_s" in p:
                 gbs = p["gb_per_s"]
-                row.append(f"{gbs[p['targets']['cpu']]:.1f} / {gbs['copy']:.1f}")
+                row.append(f"{gbs[p['targets'][target]]:.1f} / {gbs['copy']:.1f}")
             lines.append(_row(row))
     lines += _profile_tables(report["results"])
     lines += ["", "### Summary", ""]
@@ -322,7 +367,7 @@ def table(report: dict) -> str:
         lines.append(
             f"- {name}: A/A noise {entry['aa_noise']:.1%}, {entry['noisy_points']} noisy point(s)"
         )
-        for target in ("cpu", "tune"):
+        for target in ("cpu", "cuda", "tune"):
             if target in entry:
                 lines.append(_summary_line(target, entry[target]))
     return "\n".join(lines)

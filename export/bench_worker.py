@@ -35,7 +35,9 @@ def main(argv: list[str]) -> int:
             bar.set_postfix_str(f"{job['network']} {job['provider']} {shape}")
             x = np.random.default_rng(index).standard_normal(shape, dtype=np.float32)
             feeds = {next(iter(sessions.values())).get_inputs()[0].name: x}
-            runners = {name: timing.runner(s, feeds) for name, s in sessions.items()}
+            runners = {
+                name: timing.runner(s, feeds, job["provider"]) for name, s in sessions.items()
+            }
             medians = timing.interleaved(runners, spec["seconds"], seed=index)
             point = {"job": job["id"], "shape": shape, "median_ms": medians}
             if job["provider"] == "cpu" and job["profile"]:

@@ -45,7 +45,9 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         "--input", type=_chw, metavar="CxHxW", help="--model: the input's size, e.g. 3x224x224"
     )
     export.add_argument("-o", "--output", type=Path, required=True, help="model.onnx to write")
-    export.add_argument("--opset", type=int, help="ONNX opset (default: 23; at least 18)")
+    export.add_argument(
+        "--opset", type=int, help="ONNX opset (default: 23, for --target cuda 21; at least 18)"
+    )
     export.add_argument("--no-fuse", action="store_true", help="keep the decomposed graph")
     export.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=TARGET_HELP)
     export.add_argument("--report", type=Path, help="write the fusion report as JSON")
@@ -60,10 +62,10 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ln2d.export.onnx_export import DEFAULT_OPSET, export_checkpoint
+    from ln2d.export.onnx_export import default_opset, export_checkpoint
     from ln2d.export.onnx_io import save_model
 
-    opset = args.opset or DEFAULT_OPSET
+    opset = args.opset or default_opset(args.target)
     if args.precision == "fp16" and args.no_fuse:
         raise UserError("--precision fp16 needs fusion, which keeps the norms' statistics fp32")
     with tempfile.TemporaryDirectory() as scratch:
@@ -402,7 +404,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--fp16",
         action="store_true",
-        help="also time an fp16 variant (export --precision fp16) on CUDA; not on CPU",
+        help="also time each fused form's fp16 twin (export --precision fp16) and PyTorch "
+        "eager in fp16, on CUDA; not on CPU",
     )
     bench.add_argument("--json", type=Path, help="write the results as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")

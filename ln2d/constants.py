@@ -22,6 +22,11 @@ METADATA_KEYS = (
 
 # ONNX Runtime's execution providers, by the names the command line takes.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# The options every ln2d session gives each provider. ONNX Runtime's CUDA provider runs fp32
+# Conv and MatMul in TF32 on Ampere and later unless told not to: about 1e-3 off fp32 (seen on
+# an H100: ten times parity's fp32 tolerance). An fp32 model computes in fp32; fp16 is the
+# fast path on a GPU, with its own gates.
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"cpu": {}, "cuda": {"use_tf32": "0"}}
 
 # The fusion targets (export.fusion.targets holds their rules) and the default one.
 TARGETS = ("cpu", "cpu-native", "cuda", "portable")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ln2d import native
-from ln2d.constants import METADATA_PREFIX, PROVIDERS
+from ln2d.constants import METADATA_PREFIX, PROVIDER_OPTIONS, PROVIDERS
 
 log = logging.getLogger("ln2d.serve")
 
@@ -74,16 +74,16 @@ class Model:
 
 
 def _session(ort, path: Path, provider: str, cpu_fallback: bool, threads: int):
-    wanted = PROVIDERS[provider]
-    if wanted not in ort.get_available_providers():
+    if PROVIDERS[provider] not in ort.get_available_providers():
         if not cpu_fallback:
             raise ModelLoadError(
-                f"{wanted} is not available in this onnxruntime build "
+                f"{PROVIDERS[provider]} is not available in this onnxruntime build "
                 f"({', '.join(ort.get_available_providers())}); install onnxruntime-gpu, "
                 "or allow --cpu-fallback"
             )
-        log.warning("%s is not available; serving on CPU (--cpu-fallback)", wanted)
-        wanted = PROVIDERS["cpu"]
+        log.warning("%s is not available; serving on CPU (--cpu-fallback)", PROVIDERS[provider])
+        provider = "cpu"
+    wanted = PROVIDERS[provider]
     options = native.session_options()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -92,7 +92,8 @@ def _session(ort, path: Path, provider: str, cpu_fallback: bool, threads: int):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=[wanted])
+        providers = [(wanted, PROVIDER_OPTIONS[provider])]
+        session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors for invalid files
         raise ModelLoadError(f"cannot load {path}: {native.explain(exc)}") from exc
     active = session.get_providers()[0]
