@@ -10,10 +10,7 @@
  * calls RegisterCustomOps. No ONNX Runtime header is needed: ort_abi.h declares the few parts of
  * the C API used here, by their place in the API table.
  */
-#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -61,8 +58,8 @@ static void normalise_block(const float* x, float* y, int64_t channels, int64_t 
   }
 }
 
-/* The tensor's blocks (N x ceil(H*W / BLOCK)), numbered; a thread normalises a range of them.
- * Each block's result depends on that block alone, so any split gives the same bits. */
+/* The tensor's blocks (N x ceil(H*W / BLOCK)), numbered. Each block's result depends on that
+ * block alone, so any split of them over threads gives the same bits. */
 typedef struct {
   const float* x;
   float* y;
@@ -70,52 +67,39 @@ typedef struct {
   const float* bias;
   int64_t channels, plane, blocks_per_image;
   float epsilon;
-  int64_t first, end; /* block range [first, end) */
 } Work;
 
-static void* normalise_blocks(void* argument) {
+static void normalise_numbered_block(void* argument, size_t block) {
   const Work* w = argument;
-  for (int64_t block = w->first; block < w->end; block++) {
-    int64_t n = block / w->blocks_per_image, start = (block % w->blocks_per_image) * BLOCK;
-    int64_t count = w->plane - start < BLOCK ? w->plane - start : BLOCK;
-    int64_t offset = n * w->channels * w->plane + start;
-    normalise_block(w->x + offset, w->y + offset, w->channels, w->plane, count, w->scale,
-                    w->bias, w->epsilon);
-  }
-  return NULL;
+  int64_t n = (int64_t)block / w->blocks_per_image;
+  int64_t start = ((int64_t)block % w->blocks_per_image) * BLOCK;
+  int64_t count = w->plane - start < BLOCK ? w->plane - start : BLOCK;
+  int64_t offset = n * w->channels * w->plane + start;
+  normalise_block(w->x + offset, w->y + offset, w->channels, w->plane, count, w->scale, w->bias,
+                  w->epsilon);
 }
 
-/* Threads for a tensor of `elements` floats: one below MIN_PER_THREAD each (starting threads
- * costs more than it saves), at most the CPUs this process may run on. */
-enum { MIN_PER_THREAD = 1 << 16, MAX_THREADS = 64 };
+/* At least this many floats per batch of blocks: handing a thread less costs more than it saves. */
+enum { MIN_PER_BATCH = 1 << 16 };
 
-static int thread_count(int64_t elements) {
-  cpu_set_t allowed;
-  int cpus = sched_getaffinity(0, sizeof allowed, &allowed) == 0 ? CPU_COUNT(&allowed) : 1;
-  int64_t wanted = elements / MIN_PER_THREAD;
-  if (wanted < 1) wanted = 1;
-  if (wanted > cpus) wanted = cpus;
-  return (int)(wanted > MAX_THREADS ? MAX_THREADS : wanted);
-}
-
-static void layernorm2d(const float* x, float* y, const int64_t* dims, const float* scale,
-                        const float* bias, float epsilon) {
+/* The blocks go to the session's intra-op thread pool (its intra_op_num_threads), in batches of
+ * MIN_PER_BATCH floats or more; with one batch, or a pool that refuses, they run here. */
+static void layernorm2d(OrtKernelContext* context, const float* x, float* y, const int64_t* dims,
+                        const float* scale, const float* bias, float epsilon) {
   int64_t channels = dims[1], plane = dims[2] * dims[3];
   int64_t per_image = (plane + BLOCK - 1) / BLOCK, blocks = dims[0] * per_image;
-  int threads = thread_count(dims[0] * channels * plane);
-  Work work[MAX_THREADS];
-  pthread_t helpers[MAX_THREADS];
-  int running[MAX_THREADS] = {0};
-  for (int t = 0; t < threads; t++)
-    work[t] = (Work){x, y, scale, bias, channels, plane, per_image, epsilon,
-                     blocks * t / threads, blocks * (t + 1) / threads};
-  for (int t = 1; t < threads; t++)
-    running[t] = pthread_create(&helpers[t], NULL, normalise_blocks, &work[t]) == 0;
-  normalise_blocks(&work[0]);
-  for (int t = 1; t < threads; t++) {
-    if (running[t]) pthread_join(helpers[t], NULL);
-    else normalise_blocks(&work[t]); /* a helper that could not start: its range here */
+  Work work = {x, y, scale, bias, channels, plane, per_image, epsilon};
+  int64_t batches = dims[0] * channels * plane / MIN_PER_BATCH;
+  if (batches > blocks) batches = blocks;
+  if (batches > 1) {
+    OrtStatus* status =
+        CALL(KernelContext_ParallelFor,
+             OrtStatus* (*)(const OrtKernelContext*, void (*)(void*, size_t), size_t, size_t, void*))(
+            context, normalise_numbered_block, (size_t)blocks, (size_t)batches, &work);
+    if (status == NULL) return;
+    CALL(ReleaseStatus, void (*)(OrtStatus*))(status);
   }
+  for (int64_t block = 0; block < blocks; block++) normalise_numbered_block(&work, (size_t)block);
 }
 
 /* ---- the custom op, as ONNX Runtime calls it ---- */
@@ -162,7 +146,7 @@ static void compute(void* state, OrtKernelContext* context) {
        OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**))(
       context, 0, dims, rank == 4 ? 4 : 0, &y);
   if (rank != 4 || dims[0] * dims[1] * dims[2] * dims[3] == 0) return;
-  layernorm2d(data(x), data(y), dims, data(input(context, 1)), data(input(context, 2)),
+  layernorm2d(context, data(x), data(y), dims, data(input(context, 1)), data(input(context, 2)),
               kernel->epsilon);
 }
 
@@ -176,7 +160,7 @@ static int required(const OrtCustomOp* op, size_t index) { (void)op; (void)index
 static int default_memory(const OrtCustomOp* op, size_t index) { (void)op; (void)index; return 0; }
 
 static OrtCustomOp layernorm2d_op = {
-    ORT_API_VERSION_USED, create_kernel, name,     provider, float_type, inputs, float_type,
+    ORT_CUSTOM_OP_VERSION, create_kernel, name,     provider, float_type, inputs, float_type,
     outputs,              compute,       destroy,  required, required,   default_memory,
 };
 
@@ -186,8 +170,9 @@ OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base)
     /* Too old a runtime for the table declared here: say so through the oldest table. */
     api = base->GetApi(1);
     return api == NULL ? NULL
-                       : fail("ln2d native LayerNorm2d needs onnxruntime C API version " VERSION_TEXT(
-                             ORT_API_VERSION_USED) " or newer");
+                       : fail("ln2d native LayerNorm2d needs onnxruntime 1." VERSION_TEXT(
+                             ORT_API_VERSION_USED) " or newer (its C API version " VERSION_TEXT(
+                             ORT_API_VERSION_USED) ")");
   }
   OrtCustomOpDomain* domain = NULL;
   OrtStatus* status =

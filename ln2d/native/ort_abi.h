@@ -26,8 +26,12 @@ typedef struct OrtApiBase {
   const char* (*GetVersionString)(void);
 } OrtApiBase;
 
-/* The API version requested: every index below exists from it on. */
-#define ORT_API_VERSION_USED 13
+/* The API version requested: every index below exists from it on (KernelContext_ParallelFor
+ * came in 17, ONNX Runtime 1.17). */
+#define ORT_API_VERSION_USED 17
+/* The OrtCustomOp layout declared below: its members up to version 13. ONNX Runtime reads the
+ * members a custom op's version has, so this is independent of the API version requested. */
+#define ORT_CUSTOM_OP_VERSION 13
 
 enum OrtApiIndex {
   CreateStatus = 0,
@@ -43,6 +47,7 @@ enum OrtApiIndex {
   KernelContext_GetOutput = 91,
   ReleaseStatus = 93,
   ReleaseTensorTypeAndShapeInfo = 99,
+  KernelContext_ParallelFor = 274,
 };
 
 /* api[index], called with the function's type. */
