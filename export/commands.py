@@ -212,7 +212,7 @@ def run_fuse(args: argparse.Namespace) -> int:
     verify(source, fused, report)  # against the file as it came, opset raise included
     target = "tune" if args.tune else args.target
     if report.fused:
-        metadata.write(fused, {"fusion": report.metadata(target)})
+        metadata.write(fused, report.entries(target))
     save_model(fused, args.output)
     print(report.table())
     _write(args.report, report.to_json())

@@ -192,10 +192,11 @@ def _quiet():
 
 def _serving_metadata(pre: dict, report: FusionReport | None, target: str) -> dict:
     color = "L" if pre["channels"] == 1 else "RGB"
+    fusion = report.entries(target) if report is not None else {"fusion": {"fused": False}}
     return {
         "input": {**pre, "layout": "NCHW", "color": color, "scale": 1 / 255},
         "version": __version__,
-        "fusion": report.metadata(target) if report is not None else {"fused": False},
+        **fusion,
     }
 
 

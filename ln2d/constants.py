@@ -18,6 +18,7 @@ METADATA_KEYS = (
     "checkpoint_sha256",  # sha256 of the source checkpoint file
     "fusion",  # JSON fusion summary: sites, counts, forms, node counts, checks, tuning
     "precision",  # JSON, for reduced precision: int8 and how it was calibrated (absent: fp32)
+    "requires",  # the library a runtime must load for the model's custom op: ln2d.native
 )
 
 # ONNX Runtime's execution providers, by the names the command line takes.

@@ -166,8 +166,10 @@ def native_onnx(digits_checkpoint, tmp_path_factory):
 
 @pytest.mark.integration
 def test_a_cpu_native_export_passes_parity_and_is_served(digits_checkpoint, native_onnx):
-    ops = {(node.domain, node.op_type) for node in onnx.load(native_onnx).graph.node}
+    model = onnx.load(native_onnx)
+    ops = {(node.domain, node.op_type) for node in model.graph.node}
     assert (native.DOMAIN, native.OP) in ops
+    assert {p.key: p.value for p in model.metadata_props}["ln2d.requires"] == "ln2d.native"
     parity = run_cli("parity", str(digits_checkpoint), str(native_onnx), "--providers", "cpu")
     assert parity.returncode == 0, parity.stdout
     pixels, label = digit(7)

@@ -66,6 +66,14 @@ class FusionReport:
             "notes": self.notes,
         }
 
+    def entries(self, target: str) -> dict:
+        """Every metadata entry fusion writes: ``fusion``, and ``requires`` where a site is
+        ln2d's native op, so that whoever reads the file knows which library it needs."""
+        entries = {"fusion": self.metadata(target)}
+        if any(site.form == "native" for site in self.fused):
+            entries["requires"] = "ln2d.native"
+        return entries
+
     def metadata(self, target: str) -> dict:
         """The ``ln2d.fusion`` metadata entry: what was chosen per site, why, and timings."""
         keys = (
