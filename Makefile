@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARTIFACTS ?= artifacts
 
-.PHONY: demo test test-fast lint venv browser image image-test image-tools clean
+.PHONY: demo test test-fast test-sanitized lint venv browser image image-test image-tools clean
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -46,6 +46,23 @@ $(CHROMIUM):
 
 test: lint browser
 	$(BIN)/python -m pytest -m "not image"
+	$(MAKE) test-sanitized
+
+# The native kernel built again with AddressSanitizer and UBSan (any finding aborts), and its
+# parity tests run once against that build (LN2D_NATIVE_LIBRARY points ln2d at it). The ASan
+# runtime is preloaded because python itself is not instrumented; Python's own allocations
+# are not leaks of ours, so leak detection is off; -s lets a report reach the log (ASan exits
+# the process, and pytest would lose what it captured).
+SANITIZED := build/sanitized/_layernorm2d.so
+SANITIZE  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+test-sanitized: $(STAMP)
+	mkdir -p $(dir $(SANITIZED))
+	$(CC) -std=c11 -O1 -g -fPIC -shared $(SANITIZE) ln2d/native/layernorm2d.c -o $(SANITIZED) -lm
+	env LD_PRELOAD="$$($(CC) -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
+		LN2D_NATIVE_LIBRARY=$(abspath $(SANITIZED)) \
+		$(BIN)/python -m pytest -s -p no:cacheprovider -m "not integration" -k "not memory" \
+		tests/test_native.py
 
 # The fast tier, in process (under a minute): fusion on hand-built graphs, the codec, the
 # batcher and the app with real tiny ONNX Runtime sessions. `make test` runs everything.

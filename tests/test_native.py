@@ -194,3 +194,15 @@ def test_a_native_model_without_the_library_fails_in_one_line(native_onnx):
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()[-1:]
     assert "ai.ln2d::LayerNorm2d" in line and "C compiler" in line
+
+
+def test_ln2d_native_library_names_another_build(monkeypatch, tmp_path):
+    """make test-sanitized points ln2d at its own build this way; a name that is no file means
+    no library, never the installed one in its place."""
+    installed = native.library()
+    copy = tmp_path / "copy.so"
+    copy.write_bytes(installed.read_bytes())
+    monkeypatch.setenv(native.LIBRARY_VARIABLE, str(copy))
+    assert native.library() == copy
+    monkeypatch.setenv(native.LIBRARY_VARIABLE, str(tmp_path / "absent.so"))
+    assert native.library() is None and not native.available()

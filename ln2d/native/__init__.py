@@ -7,11 +7,13 @@ loaded into a session by path, with ``register``. Torch-free, like the server th
 from __future__ import annotations
 
 import importlib.machinery
+import os
 from pathlib import Path
 
 DOMAIN = "ai.ln2d"
 OP = "LayerNorm2d"
 HERE = Path(__file__).parent
+LIBRARY_VARIABLE = "LN2D_NATIVE_LIBRARY"
 
 
 class NativeUnavailable(RuntimeError):
@@ -19,7 +21,11 @@ class NativeUnavailable(RuntimeError):
 
 
 def library() -> Path | None:
-    """The compiled library, if this install has one."""
+    """The compiled library: the file ``LN2D_NATIVE_LIBRARY`` names (another build of the same
+    source, such as ``make test-sanitized``'s), else this install's, if it has one."""
+    chosen = os.environ.get(LIBRARY_VARIABLE)
+    if chosen:
+        return Path(chosen) if Path(chosen).is_file() else None
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         candidate = HERE / f"_layernorm2d{suffix}"
         if candidate.is_file():
