@@ -28,30 +28,31 @@ from tests.images import digit, png
 pytestmark = pytest.mark.skipif(not native.available(), reason="ln2d.native was not compiled")
 
 
-def _model(channels: int, epsilon: float) -> bytes:
+def _model(channels: int, epsilon: float, dtype=np.float32) -> bytes:
     node = helper.make_node(
         native.OP, ["x", "scale", "bias"], ["y"], domain=native.DOMAIN, epsilon=epsilon
     )
     shape = ["N", channels, "H", "W"]
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     graph = helper.make_graph(
         [node],
         "layernorm2d",
         [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
-            helper.make_tensor_value_info("scale", TensorProto.FLOAT, [channels]),
-            helper.make_tensor_value_info("bias", TensorProto.FLOAT, [channels]),
+            helper.make_tensor_value_info("x", element, shape),
+            helper.make_tensor_value_info("scale", element, [channels]),
+            helper.make_tensor_value_info("bias", element, [channels]),
         ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", element, shape)],
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid(native.DOMAIN, 1)]
     return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
-def _session(channels: int, epsilon: float, threads: int = 1) -> ort.InferenceSession:
+def _session(channels: int, epsilon: float, threads: int = 1, dtype=np.float32):
     options = native.session_options()
     options.intra_op_num_threads = threads
     return ort.InferenceSession(
-        _model(channels, epsilon), options, providers=["CPUExecutionProvider"]
+        _model(channels, epsilon, dtype), options, providers=["CPUExecutionProvider"]
     )
 
 
@@ -77,20 +78,34 @@ def _run(session, x, scale, bias) -> np.ndarray:
     offset=st.floats(-100, 100),
     spread=st.floats(1e-2, 1e2),
     seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from([np.float32, np.float16]),
 )
-def test_matches_pytorch(batch, channels, height, width, epsilon, offset, spread, seed):
+def test_matches_pytorch(batch, channels, height, width, epsilon, offset, spread, seed, dtype):
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((batch, channels, height, width)) * spread + offset).astype(np.float32)
-    scale = rng.uniform(0.5, 1.5, channels).astype(np.float32)
-    bias = rng.uniform(-1, 1, channels).astype(np.float32)
-    got = _run(_session(channels, epsilon), x, scale, bias)
-    assert got.shape == x.shape
+    x = (rng.standard_normal((batch, channels, height, width)) * spread + offset).astype(dtype)
+    scale = rng.uniform(0.5, 1.5, channels).astype(dtype)
+    bias = rng.uniform(-1, 1, channels).astype(dtype)
+    got = _run(_session(channels, epsilon, dtype=dtype), x, scale, bias)
+    assert got.shape == x.shape and got.dtype == dtype
     exact = _torch(*(a.astype(np.float64) for a in (x, scale, bias)), epsilon)
     pytorch = _torch(x, scale, bias, epsilon)
-    # As close to the exact result as PyTorch's own fp32 is, within a small factor: a pixel
-    # whose channels nearly agree is ill-conditioned in fp32 for any implementation.
-    ours, theirs = np.abs(got - exact), np.abs(pytorch - exact)
-    assert np.all(ours <= 4 * theirs + 2e-5 * (1 + np.abs(exact))), float((ours - theirs).max())
+    ours, theirs = np.abs(got - exact), np.abs(pytorch.astype(np.float64) - exact)
+    if dtype == np.float32:
+        # As close to the exact result as PyTorch's own fp32 is, within a small factor: a pixel
+        # whose channels nearly agree is ill-conditioned in fp32 for any implementation.
+        bound = 4 * theirs + 2e-5 * (1 + np.abs(exact))
+    else:
+        # fp16 in and out, statistics in fp32 or wider: within two fp16 steps of the exact
+        # result plus what fp32 arithmetic on (x - mean) * inverse * scale + bias may lose (a
+        # few fp32 steps of its terms), or as close as PyTorch, whose fp16 statistics are fp16.
+        wide = x.astype(np.float64)
+        mean = wide.mean(axis=1, keepdims=True)
+        inverse = 1 / np.sqrt(wide.var(axis=1, keepdims=True) + epsilon)
+        terms = (np.abs(wide) + np.abs(mean)) * inverse * np.abs(scale)[:, None, None]
+        arithmetic = 2.0**-21 * (terms + np.abs(bias)[:, None, None])
+        steps = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
+        bound = np.maximum(2 * steps + arithmetic, theirs)
+    assert np.all(ours <= bound), float((ours - bound).max())
 
 
 def test_nan_and_inf_poison_their_pixel_as_in_pytorch():
@@ -178,6 +193,24 @@ def test_a_cpu_native_export_passes_parity_and_is_served(digits_checkpoint, nati
             f"{server.url}/v1/classify", content=png(pixels), headers={"content-type": "image/png"}
         )
         assert answer.status_code == 200 and answer.json()["predictions"][0][0]["label"] == label
+
+
+@pytest.mark.integration
+def test_an_fp16_native_export_feeds_the_fp16_kernel_and_passes_parity(digits_checkpoint, tmp_path):
+    """The native op needs no fp32 island: its statistics are wide whatever its input type, so
+    fp16 conversion leaves it fp16 and only the model's input and output are cast."""
+    path = tmp_path / "native-fp16.onnx"
+    args = ["--target", "cpu-native", "--precision", "fp16"]
+    result = run_cli("export", str(digits_checkpoint), "-o", str(path), *args)
+    assert result.returncode == 0, result.stderr
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    sites = [node for node in model.graph.node if node.domain == native.DOMAIN]
+    assert sites and all(types[node.input[0]] == TensorProto.FLOAT16 for node in sites)
+    assert [node.op_type for node in model.graph.node].count("Cast") == 2  # input, output
+    parity = run_cli("parity", str(digits_checkpoint), str(path), "--providers", "cpu")
+    assert parity.returncode == 0, parity.stdout
+    assert "(fp16)" in parity.stdout
 
 
 @pytest.mark.integration

@@ -1,4 +1,5 @@
-/* ai.ln2d::LayerNorm2d(X, scale, bias; epsilon) for ONNX Runtime's CPU provider.
+/* ai.ln2d::LayerNorm2d(X, scale, bias; epsilon) for ONNX Runtime's CPU provider, in fp32 and
+ * (where the compiler has _Float16: gcc 12, clang 15) in fp16 with statistics in double.
  *
  * Per pixel of an NCHW tensor: mean and biased variance over C, epsilon inside the square root,
  * then the per-channel scale and bias (the seed's math). X is read twice, once for the
@@ -24,47 +25,72 @@ static const OrtApiTable* api;
 #define VERSION_TEXT(version) STRINGIFY(version)
 #define STRINGIFY(text) #text
 
+/* Normalises one block of pixels (below, one per element type). */
+typedef void (*NormaliseBlock)(const void* x, void* y, int64_t channels, int64_t plane,
+                               int64_t count, const void* scale, const void* bias, float epsilon);
+
+/* What differs between the fp32 and the fp16 op. */
+typedef struct {
+  int onnx_type; /* ONNXTensorElementDataType of X, scale, bias and Y */
+  size_t element;
+  NormaliseBlock normalise;
+} ElementType;
+
 typedef struct {
   float epsilon;
+  const ElementType* type;
 } Kernel;
 
 static OrtStatus* fail(const char* message) {
   return CALL(CreateStatus, OrtStatus* (*)(int, const char*))(ORT_FAIL, message);
 }
 
-/* The statistics of `count` pixels starting at `x` (channel stride `plane`), then the output. */
-static void normalise_block(const float* x, float* y, int64_t channels, int64_t plane,
-                            int64_t count, const float* scale, const float* bias, float epsilon) {
-  double sum[BLOCK] = {0}, squares[BLOCK] = {0};
-  for (int64_t c = 0; c < channels; c++) {
-    const float* row = x + c * plane;
-    for (int64_t p = 0; p < count; p++) {
-      sum[p] += row[p];
-      squares[p] += (double)row[p] * row[p];
-    }
+/* The statistics of `count` pixels starting at `x` (channel stride `plane`), then the output.
+ * One body for each element type: fp16 values widen to double for the statistics and to float
+ * for the output arithmetic, and only the stored result is rounded back to fp16. */
+#define NORMALISE_BLOCK(name, T)                                                                  \
+  static void name(const void* x_in, void* y_out, int64_t channels, int64_t plane, int64_t count, \
+                   const void* scale_in, const void* bias_in, float epsilon) {                    \
+    const T *x = x_in, *scale = scale_in, *bias = bias_in;                                        \
+    T* y = y_out;                                                                                 \
+    double sum[BLOCK] = {0}, squares[BLOCK] = {0};                                                \
+    for (int64_t c = 0; c < channels; c++) {                                                      \
+      const T* row = x + c * plane;                                                               \
+      for (int64_t p = 0; p < count; p++) {                                                       \
+        sum[p] += row[p];                                                                         \
+        squares[p] += (double)row[p] * row[p];                                                    \
+      }                                                                                           \
+    }                                                                                             \
+    float mean[BLOCK], inverse[BLOCK];                                                            \
+    for (int64_t p = 0; p < count; p++) {                                                         \
+      double m = sum[p] / (double)channels;                                                       \
+      double variance = squares[p] / (double)channels - m * m;                                    \
+      if (variance < 0) variance = 0; /* rounding; a NaN stays NaN, as in PyTorch */              \
+      mean[p] = (float)m;                                                                         \
+      inverse[p] = (float)(1.0 / sqrt(variance + epsilon));                                       \
+    }                                                                                             \
+    for (int64_t c = 0; c < channels; c++) {                                                      \
+      const T* row = x + c * plane;                                                               \
+      T* out = y + c * plane;                                                                     \
+      float s = (float)scale[c], b = (float)bias[c];                                              \
+      for (int64_t p = 0; p < count; p++) out[p] = (T)(((float)row[p] - mean[p]) * inverse[p] * s + b); \
+    }                                                                                             \
   }
-  float mean[BLOCK], inverse[BLOCK];
-  for (int64_t p = 0; p < count; p++) {
-    double m = sum[p] / (double)channels;
-    double variance = squares[p] / (double)channels - m * m;
-    if (variance < 0) variance = 0; /* rounding; a NaN stays NaN, as in PyTorch */
-    mean[p] = (float)m;
-    inverse[p] = (float)(1.0 / sqrt(variance + epsilon));
-  }
-  for (int64_t c = 0; c < channels; c++) {
-    const float* row = x + c * plane;
-    float* out = y + c * plane;
-    for (int64_t p = 0; p < count; p++) out[p] = (row[p] - mean[p]) * inverse[p] * scale[c] + bias[c];
-  }
-}
+
+NORMALISE_BLOCK(normalise_block_fp32, float)
+#ifdef __FLT16_MAX__ /* the compiler has _Float16: the fp16 op is built too */
+NORMALISE_BLOCK(normalise_block_fp16, _Float16)
+#endif
 
 /* The tensor's blocks (N x ceil(H*W / BLOCK)), numbered. Each block's result depends on that
  * block alone, so any split of them over threads gives the same bits. */
 typedef struct {
-  const float* x;
-  float* y;
-  const float* scale;
-  const float* bias;
+  NormaliseBlock normalise;
+  size_t element; /* bytes per value */
+  const char* x;
+  char* y;
+  const void* scale;
+  const void* bias;
   int64_t channels, plane, blocks_per_image;
   float epsilon;
 } Work;
@@ -74,9 +100,9 @@ static void normalise_numbered_block(void* argument, size_t block) {
   int64_t n = (int64_t)block / w->blocks_per_image;
   int64_t start = ((int64_t)block % w->blocks_per_image) * BLOCK;
   int64_t count = w->plane - start < BLOCK ? w->plane - start : BLOCK;
-  int64_t offset = n * w->channels * w->plane + start;
-  normalise_block(w->x + offset, w->y + offset, w->channels, w->plane, count, w->scale, w->bias,
-                  w->epsilon);
+  size_t offset = (size_t)(n * w->channels * w->plane + start) * w->element;
+  w->normalise(w->x + offset, w->y + offset, w->channels, w->plane, count, w->scale, w->bias,
+               w->epsilon);
 }
 
 /* At least this many floats per batch of blocks: handing a thread less costs more than it saves. */
@@ -84,11 +110,12 @@ enum { MIN_PER_BATCH = 1 << 16 };
 
 /* The blocks go to the session's intra-op thread pool (its intra_op_num_threads), in batches of
  * MIN_PER_BATCH floats or more; with one batch, or a pool that refuses, they run here. */
-static void layernorm2d(OrtKernelContext* context, const float* x, float* y, const int64_t* dims,
-                        const float* scale, const float* bias, float epsilon) {
+static void layernorm2d(OrtKernelContext* context, const Kernel* kernel, const void* x, void* y,
+                        const int64_t* dims, const void* scale, const void* bias) {
   int64_t channels = dims[1], plane = dims[2] * dims[3];
   int64_t per_image = (plane + BLOCK - 1) / BLOCK, blocks = dims[0] * per_image;
-  Work work = {x, y, scale, bias, channels, plane, per_image, epsilon};
+  Work work = {kernel->type->normalise, kernel->type->element, x, y, scale, bias, channels, plane,
+               per_image, kernel->epsilon};
   int64_t batches = dims[0] * channels * plane / MIN_PER_BATCH;
   if (batches > blocks) batches = blocks;
   if (batches > 1) {
@@ -102,13 +129,22 @@ static void layernorm2d(OrtKernelContext* context, const float* x, float* y, con
   for (int64_t block = 0; block < blocks; block++) normalise_numbered_block(&work, (size_t)block);
 }
 
-/* ---- the custom op, as ONNX Runtime calls it ---- */
+/* ---- the custom ops, as ONNX Runtime calls them ---- */
+
+/* One OrtCustomOp per element type, all named LayerNorm2d: ONNX Runtime picks the kernel whose
+ * types match the node's. Each carries its ElementType right after the struct it hands over. */
+typedef struct {
+  OrtCustomOp op;
+  const ElementType* type;
+} TypedOp;
+
+static const ElementType* type_of(const OrtCustomOp* op) { return ((const TypedOp*)op)->type; }
 
 static void* create_kernel(const OrtCustomOp* op, const OrtApiTable* table, const OrtKernelInfo* info) {
-  (void)op;
   (void)table;
   Kernel* kernel = malloc(sizeof(Kernel)); /* one per node; ONNX Runtime destroys it */
   if (kernel == NULL) return NULL;
+  kernel->type = type_of(op);
   kernel->epsilon = 1e-6f;
   OrtStatus* status =
       CALL(KernelInfoGetAttribute_float, OrtStatus* (*)(const OrtKernelInfo*, const char*, float*))(
@@ -146,22 +182,34 @@ static void compute(void* state, OrtKernelContext* context) {
        OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**))(
       context, 0, dims, rank == 4 ? 4 : 0, &y);
   if (rank != 4 || dims[0] * dims[1] * dims[2] * dims[3] == 0) return;
-  layernorm2d(context, data(x), data(y), dims, data(input(context, 1)), data(input(context, 2)),
-              kernel->epsilon);
+  layernorm2d(context, kernel, data(x), data(y), dims, data(input(context, 1)),
+              data(input(context, 2)));
 }
 
 static void destroy(void* state) { free(state); }
 static const char* name(const OrtCustomOp* op) { (void)op; return "LayerNorm2d"; }
 static const char* provider(const OrtCustomOp* op) { (void)op; return "CPUExecutionProvider"; }
-static int float_type(const OrtCustomOp* op, size_t index) { (void)op; (void)index; return ONNX_FLOAT; }
+static int element_type(const OrtCustomOp* op, size_t index) { (void)index; return type_of(op)->onnx_type; }
 static size_t inputs(const OrtCustomOp* op) { (void)op; return 3; }
 static size_t outputs(const OrtCustomOp* op) { (void)op; return 1; }
 static int required(const OrtCustomOp* op, size_t index) { (void)op; (void)index; return 0; }
 static int default_memory(const OrtCustomOp* op, size_t index) { (void)op; (void)index; return 0; }
 
-static OrtCustomOp layernorm2d_op = {
-    ORT_CUSTOM_OP_VERSION, create_kernel, name,     provider, float_type, inputs, float_type,
-    outputs,              compute,       destroy,  required, required,   default_memory,
+static const ElementType fp32 = {ONNX_FLOAT, sizeof(float), normalise_block_fp32};
+#ifdef __FLT16_MAX__
+static const ElementType fp16 = {ONNX_FLOAT16, sizeof(_Float16), normalise_block_fp16};
+#endif
+
+#define TYPED_OP(type)                                                                          \
+  {{ORT_CUSTOM_OP_VERSION, create_kernel, name, provider, element_type, inputs, element_type,   \
+    outputs, compute, destroy, required, required, default_memory},                             \
+   &type}
+
+static TypedOp ops[] = {
+    TYPED_OP(fp32),
+#ifdef __FLT16_MAX__
+    TYPED_OP(fp16),
+#endif
 };
 
 OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
@@ -177,9 +225,9 @@ OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base)
   OrtCustomOpDomain* domain = NULL;
   OrtStatus* status =
       CALL(CreateCustomOpDomain, OrtStatus* (*)(const char*, OrtCustomOpDomain**))("ai.ln2d", &domain);
-  if (status == NULL)
+  for (size_t i = 0; status == NULL && i < sizeof ops / sizeof ops[0]; i++)
     status = CALL(CustomOpDomain_Add, OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*))(
-        domain, &layernorm2d_op);
+        domain, &ops[i].op);
   if (status == NULL)
     status = CALL(AddCustomOpDomain, OrtStatus* (*)(OrtSessionOptions*, OrtCustomOpDomain*))(options, domain);
   return status;

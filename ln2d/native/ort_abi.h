@@ -54,7 +54,7 @@ enum OrtApiIndex {
 #define CALL(index, type) ((type)(api[index]))
 
 enum { ORT_FAIL = 1 };         /* OrtErrorCode */
-enum { ONNX_FLOAT = 1 };       /* ONNXTensorElementDataType */
+enum { ONNX_FLOAT = 1, ONNX_FLOAT16 = 10 }; /* ONNXTensorElementDataType */
 
 /* OrtCustomOp up to the members of version 13: ONNX Runtime reads no member past what the
  * version says, and calls every member up to it. */
