@@ -228,7 +228,7 @@ def _point(job: dict, timed: dict) -> dict:
 
 
 def _profiled(targets: dict[str, str], int8: bool) -> list[str]:
-    picks = [targets["cpu"]] + ([targets["tune"]] if "tune" in targets else [])
+    picks = [targets[t] for t in ("cpu", "cpu-native", "tune") if t in targets]
     return list(dict.fromkeys([DECOMPOSED, "no-norm", *picks, *(["int8"] if int8 else [])]))
 
 

@@ -45,11 +45,20 @@ static OrtStatus* fail(const char* message) {
   return CALL(CreateStatus, OrtStatus* (*)(int, const char*))(ORT_FAIL, message);
 }
 
+/* Each block function is compiled once per x86-64 level, and the loader picks the widest one
+ * the CPU has (GCC's and clang's function multiversioning): AVX-512 on a server, AVX2 on a
+ * laptop, SSE2 elsewhere, from one portable library. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define WIDEST_VECTORS __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define WIDEST_VECTORS
+#endif
+
 /* The statistics of `count` pixels starting at `x` (channel stride `plane`), then the output.
  * One body for each element type: fp16 values widen to double for the statistics and to float
  * for the output arithmetic, and only the stored result is rounded back to fp16. */
 #define NORMALISE_BLOCK(name, T)                                                                  \
-  static void name(const void* x_in, void* y_out, int64_t channels, int64_t plane, int64_t count, \
+  WIDEST_VECTORS static void name(const void* x_in, void* y_out, int64_t channels, int64_t plane, int64_t count, \
                    const void* scale_in, const void* bias_in, float epsilon) {                    \
     const T *x = x_in, *scale = scale_in, *bias = bias_in;                                        \
     T* y = y_out;                                                                                 \
