@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARTIFACTS ?= artifacts
 
-.PHONY: demo test test-fast test-sanitized lint venv browser image image-test image-tools clean
+.PHONY: demo test test-fast test-sanitized test-native-serving lint venv browser image image-test image-tools clean
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -47,6 +47,14 @@ $(CHROMIUM):
 test: lint browser
 	$(BIN)/python -m pytest -m "not image"
 	$(MAKE) test-sanitized
+	$(MAKE) test-native-serving
+
+# The serving tests again, the served model fused for cpu-native (ln2d's own op) this time.
+SERVING_TESTS := tests/test_serve.py tests/test_serve_lifecycle.py \
+	tests/test_serve_triton_client.py tests/test_contract.py tests/test_draft_decoding.py
+
+test-native-serving: $(STAMP)
+	LN2D_TEST_TARGET=cpu-native $(BIN)/python -m pytest -p no:cacheprovider $(SERVING_TESTS)
 
 # The native kernel built again with AddressSanitizer and UBSan (any finding aborts), and its
 # parity tests run once against that build (LN2D_NATIVE_LIBRARY points ln2d at it). The ASan

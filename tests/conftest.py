@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,15 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# The target the served digits model is fused for: make test-native-serving runs the serving
+# tests again with cpu-native (ln2d's own op).
+SERVED_TARGET = os.environ.get("LN2D_TEST_TARGET", "cpu")
+
+
 @pytest.fixture(scope="session")
 def digits_onnx(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits checkpoint exported (and fused) by ``ln2d export``."""
     path = tmp_path_factory.mktemp("onnx") / "digits.onnx"
-    result = run_cli("export", str(digits_checkpoint), "-o", str(path))
+    result = run_cli("export", str(digits_checkpoint), "-o", str(path), "--target", SERVED_TARGET)
     assert result.returncode == 0, result.stderr
     return path

@@ -26,6 +26,17 @@ def run_cli(
     )
 
 
+def reference_session(path: Path):
+    """An ONNX Runtime session on the CPU for reference outputs, registering ln2d's native
+    library as ln2d itself does, so that it also loads a cpu-native model."""
+    import onnxruntime as ort
+
+    from ln2d import native
+
+    options = native.session_options()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def image_command(dockerfile: Path) -> tuple[list[str], dict[str, str]]:
     """The final stage's ENTRYPOINT and ENV, as the container would run them."""
     final = dockerfile.read_text().split("\nFROM ")[-1].replace("\\\n", " ")

@@ -8,12 +8,12 @@ import io
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from ln2d.preprocessing import normalise, to_pixels
+from tests.helpers import reference_session
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def _large_jpegs() -> list[bytes]:
 
 
 def test_draft_decoding_keeps_the_predictions(digits_onnx, record_property):
-    session = ort.InferenceSession(str(digits_onnx), providers=["CPUExecutionProvider"])
+    session = reference_session(digits_onnx)
     spec = json.loads(session.get_modelmeta().custom_metadata_map["ln2d.input"])
     size, mean, std = spec["height"], spec["mean"], spec["std"]
 

@@ -7,12 +7,12 @@ import json
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 from PIL import Image
 
 from ln2d.data import Preprocessing
 from ln2d.serve.launcher import ServerProcess
+from tests.helpers import reference_session
 from tests.images import digit, encode, png, png_header_only
 
 pytestmark = pytest.mark.integration
@@ -39,7 +39,7 @@ def http(server):
 @pytest.fixture(scope="module")
 def reference(digits_onnx):
     """Softmax scores computed without the server: ln2d's own preprocessing + ORT."""
-    session = ort.InferenceSession(str(digits_onnx))
+    session = reference_session(digits_onnx)
     meta = session.get_modelmeta().custom_metadata_map
     pre = Preprocessing.from_dict(json.loads(meta["ln2d.input"]))
 

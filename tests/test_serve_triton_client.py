@@ -4,12 +4,12 @@ and JSON modes, with and without the classification extension."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from ln2d.serve.launcher import ServerProcess
+from tests.helpers import reference_session
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def samples(digits_onnx):
     x = np.random.default_rng(0).standard_normal((3, 1, 16, 16)).astype(np.float32)
-    (logits,) = ort.InferenceSession(str(digits_onnx)).run(None, {"input": x})
+    (logits,) = reference_session(digits_onnx).run(None, {"input": x})
     return x, logits
 
 
