@@ -24,6 +24,12 @@ def scalar(value: ir.Value | None) -> float | None:
     return None if array is None or array.size != 1 else float(array.reshape(()))
 
 
+def axes_are_input(op_type: str, opset: int) -> bool:
+    """Whether a Reduce* op takes its axes as an input (ReduceSum from opset 13, the others
+    from 18) rather than as an attribute."""
+    return opset >= (13 if op_type == "ReduceSum" else 18)
+
+
 def reduce_axes(node: ir.Node) -> list[int] | None:
     """Axes of a Reduce* node, whether given as attribute (opset < 18) or as input (>= 18)."""
     if "axes" in node.attributes:

@@ -22,6 +22,7 @@ from onnxscript.rewriter import pattern
 from onnxscript.rewriter.rules.common import div_by_1_rule, mul_by_1_rule
 
 from ln2d.export.fusion._ir import (
+    axes_are_input,
     expand_is_redundant,
     keepdims,
     rank,
@@ -40,7 +41,7 @@ def reduce(op, like: ir.Node, op_type: str, keep: int, opset: int) -> ir.Value:
     (axes as attribute or input), other attributes kept so equal nodes stay equal for CSE."""
     axes = reduce_axes(like)
     attributes = {k: v for k, v in like.attributes.items() if k not in ("axes", "keepdims")}
-    if op_type == "ReduceSum" or opset >= 18:  # ReduceSum took axes as input from opset 13
+    if axes_are_input(op_type, opset):
         axes_value = op.Constant(value_ints=axes)
         return getattr(op, op_type)(like.inputs[0], axes_value, keepdims=keep, **attributes)
     return getattr(op, op_type)(like.inputs[0], axes=axes, keepdims=keep, **attributes)

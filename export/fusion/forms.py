@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ln2d import native as ln2d_native
+from ln2d.export.fusion._ir import axes_are_input
 from ln2d.export.fusion.patterns import new_initializer
 from ln2d.export.fusion.report import Site
 
@@ -178,9 +179,8 @@ def _matmul(op, flat, channels: int) -> ir.Value:
 
 
 def _reduce(op, x, channels: int, opset: int) -> ir.Value:
-    """mean over C of (N, C, H, W) as ReduceMean -> (N, 1, H, W); axes are an input from
-    opset 18 and an attribute before it."""
-    if opset >= 18:
+    """mean over C of (N, C, H, W) as ReduceMean -> (N, 1, H, W), axes as the opset has them."""
+    if axes_are_input("ReduceMean", opset):
         axes = new_initializer(op, np.array([1], np.int64), "axes")
         return op.ReduceMean(x, axes, keepdims=1)
     return op.ReduceMean(x, axes=[1], keepdims=1)
