@@ -81,6 +81,7 @@ class ParityReport:
     precision: str = "fp32"
     max_accuracy_drop: float | None = None
     min_agreement: float | None = None
+    elementwise: bool = True  # held to atol/rtol (not for reduced precision: Gates says)
     comparisons: list[Comparison] = field(default_factory=list)
     requested: list[str] = field(default_factory=list)
 
@@ -94,8 +95,7 @@ class ParityReport:
         return json.dumps({**asdict(self), "passed": self.passed}, indent=2)
 
     def table(self) -> str:
-        elementwise = self.precision not in REDUCED_GATES
-        gates = [f"atol={self.atol:g} rtol={self.rtol:g}"] if elementwise else []
+        gates = [f"atol={self.atol:g} rtol={self.rtol:g}"] if self.elementwise else []
         if self.max_accuracy_drop is not None:
             gates.append(f"accuracy drop <= {self.max_accuracy_drop:g} points")
         if self.min_agreement is not None:
@@ -187,6 +187,7 @@ def check_parity(
         precision,
         gates.max_drop,
         gates.min_agreement,
+        gates.elementwise,
         requested=requested,
     )
     for provider in listed:
