@@ -3,7 +3,9 @@ statistics in fp32 (Casts around them), inputs and outputs in fp32 so that clien
 
 A channel mean and variance summed in fp16 lose the bits that the normalisation then divides
 by, so the statistics nodes (``fusion.islands``) stay fp32; onnxconverter-common inserts the
-Casts at their boundary.
+Casts at their boundary. A site whose statistics one LayerNormalization computes needs no
+island: for fp16 input it keeps its mean and variance in fp32 itself (``stash_type`` 1, the
+default), so such a site (the cuda and portable targets' form) runs in fp16 with no Casts.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import onnx
 from onnxconverter_common.float16 import convert_float_to_float16
 
 from ln2d.export import metadata
-from ln2d.export.fusion.islands import statistics_nodes
+from ln2d.export.fusion.islands import site_of, statistics_nodes
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model in fp16 but for its norms' statistics, with fp32 inputs and outputs."""
-    keep_float, sites = statistics_nodes(model)
+    keep_float, sites = _islands(model)
     with warnings.catch_warnings():
         # It warns once per weight below fp16's range that it clamps to 1e-7, as documented.
         warnings.filterwarnings("ignore", message=".*will be truncated to", category=UserWarning)
@@ -28,6 +30,24 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     metadata.write(half, {"precision": {"precision": "fp16", "float_sites": sites}})
     onnx.checker.check_model(half, full_check=True)
     return half
+
+
+def _islands(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """The statistics nodes to keep in fp32 and their sites, but for the sites whose statistics
+    a LayerNormalization with fp32 stash computes."""
+    keep, sites = statistics_nodes(model)
+    widening = {
+        site_of(node.name)
+        for node in model.graph.node
+        if node.op_type == "LayerNormalization"
+        and site_of(node.name) in sites
+        and _stash_type(node) == onnx.TensorProto.FLOAT
+    }
+    return [n for n in keep if site_of(n) not in widening], [s for s in sites if s not in widening]
+
+
+def _stash_type(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "stash_type"), onnx.TensorProto.FLOAT)
 
 
 def _restore_float_constants(half: onnx.ModelProto, original: onnx.ModelProto) -> None:

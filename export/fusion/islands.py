@@ -27,5 +27,10 @@ def statistics_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
         if not (node.op_type == "Conv" and node.input[0] not in inside)
         and node.domain != native.DOMAIN
     ]
-    sites = sorted({name.split("/")[0] for name in keep}, key=lambda s: int(s[len(SITE_PREFIX) :]))
+    sites = sorted({site_of(name) for name in keep}, key=lambda s: int(s[len(SITE_PREFIX) :]))
     return keep, sites
+
+
+def site_of(node_name: str) -> str:
+    """``ln2d_site_N`` for any node fusion wrote for site N."""
+    return node_name.split("/")[0]
