@@ -9,6 +9,7 @@ import httpx
 import onnx
 import pytest
 
+from ln2d import native
 from ln2d.export import metadata
 from ln2d.serve.launcher import ServerProcess
 from tests.helpers import run_cli
@@ -142,18 +143,32 @@ def test_fp16_export_keeps_norm_statistics_and_io_in_fp32(digits_checkpoint, tmp
     assert (parity["precision"], parity["atol"]) == ("fp16", 1e-2)  # fp16's tolerances
 
 
-def test_fp16_layernormalization_sites_need_no_island(digits_checkpoint, tmp_path):
-    """LayerNormalization keeps fp32 statistics for fp16 input itself (stash_type 1): the cuda
-    target's sites stay whole in fp16, cast only at the model's input and output."""
-    half = tmp_path / "cuda-fp16.onnx"
-    args = ["--target", "cuda", "--precision", "fp16"]
+@pytest.mark.parametrize(
+    ("target", "is_norm"),
+    [
+        ("cuda", lambda node: node.op_type == "LayerNormalization"),
+        pytest.param(
+            "cpu-native",
+            lambda node: node.domain == native.DOMAIN,
+            marks=pytest.mark.skipif(not native.available(), reason="ln2d.native not compiled"),
+        ),
+    ],
+)
+def test_fp16_sites_that_keep_wide_statistics_need_no_island(
+    digits_checkpoint, tmp_path, target, is_norm
+):
+    """LayerNormalization (stash_type 1) and ln2d's native op keep fp32 or wider statistics
+    for fp16 input themselves: their sites stay whole in fp16, and the model is cast only at
+    its input and output."""
+    half = tmp_path / f"{target}-fp16.onnx"
+    args = ["--target", target, "--precision", "fp16"]
     result = run_cli("export", str(digits_checkpoint), "-o", str(half), *args)
     assert result.returncode == 0, result.stderr
     model = onnx.shape_inference.infer_shapes(onnx.load(half))
     types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
-    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
-    assert norms and all(types[n.input[0]] == onnx.TensorProto.FLOAT16 for n in norms)
-    assert [n.op_type for n in model.graph.node].count("Cast") == 2
+    norms = [node for node in model.graph.node if is_norm(node)]
+    assert norms and all(types[node.input[0]] == onnx.TensorProto.FLOAT16 for node in norms)
+    assert [node.op_type for node in model.graph.node].count("Cast") == 2
     assert json.loads(metadata.read(model)["precision"])["float_sites"] == []
     parity = run_cli("parity", str(digits_checkpoint), str(half), "--providers", "cpu")
     assert parity.returncode == 0, parity.stdout
