@@ -18,7 +18,7 @@ import torch
 
 from ln2d import native
 from ln2d.checkpoint import Checkpoint
-from ln2d.constants import PROVIDER_OPTIONS, PROVIDERS
+from ln2d.constants import PROVIDERS, ort_provider
 from ln2d.data import Preprocessing
 from ln2d.errors import UserError
 from ln2d.export import metadata
@@ -256,7 +256,7 @@ def _session(model: onnx.ModelProto, provider: str) -> ort.InferenceSession:
         session = ort.InferenceSession(
             model.SerializeToString(),
             native.session_options(),
-            providers=[(PROVIDERS[provider], PROVIDER_OPTIONS[provider])],
+            providers=[ort_provider(provider)],
         )
     except Exception as exc:  # onnxruntime raises its own, unexported exception types
         raise UserError(str(native.explain(exc))) from None

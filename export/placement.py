@@ -13,7 +13,8 @@ import tempfile
 
 import numpy as np
 
-from ln2d.constants import PROVIDER_OPTIONS, PROVIDERS
+from ln2d import native
+from ln2d.constants import PROVIDERS, ort_provider
 
 
 def run_and_place(model: bytes, feeds: dict[str, np.ndarray], provider: str = "cuda"):
@@ -22,11 +23,11 @@ def run_and_place(model: bytes, feeds: dict[str, np.ndarray], provider: str = "c
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as folder:
-        options = ort.SessionOptions()
+        options = native.session_options()
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "ort")
         options.log_severity_level = 3  # its fallback warnings: the profile names the nodes
-        providers = [(PROVIDERS[provider], PROVIDER_OPTIONS[provider])]
+        providers = [ort_provider(provider)]
         if provider != "cpu":
             providers.append(PROVIDERS["cpu"])
         session = ort.InferenceSession(model, options, providers=providers)

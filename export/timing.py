@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ln2d import native
-from ln2d.constants import PROVIDER_OPTIONS, PROVIDERS
+from ln2d.constants import ort_provider
 
 AA_SUFFIX = " (A/A)"  # the control variant's name: the same model's second session
 AA_LIMIT = 0.05  # an A/A ratio further from 1 than this marks the run as too noisy
@@ -42,8 +42,7 @@ def session(model: bytes | str, threads: int, provider: str = "cpu", profile_to:
     if profile_to:
         options.enable_profiling = True
         options.profile_file_prefix = profile_to
-    providers = [(PROVIDERS[provider], PROVIDER_OPTIONS[provider])]
-    return ort.InferenceSession(model, options, providers=providers)
+    return ort.InferenceSession(model, options, providers=[ort_provider(provider)])
 
 
 def op_profile(model: str, feeds: dict[str, np.ndarray], threads: int, runs: int = 20) -> dict:

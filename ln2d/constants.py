@@ -29,6 +29,12 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # fast path on a GPU, with its own gates.
 PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"cpu": {}, "cuda": {"use_tf32": "0"}}
 
+
+def ort_provider(name: str) -> tuple[str, dict[str, str]]:
+    """ONNX Runtime's provider entry, with ln2d's options, for a command-line provider name."""
+    return PROVIDERS[name], PROVIDER_OPTIONS[name]
+
+
 # The fusion targets (export.fusion.targets holds their rules) and the default one.
 TARGETS = ("cpu", "cpu-native", "cuda", "portable")
 DEFAULT_TARGET = "cpu"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ln2d import native
-from ln2d.constants import METADATA_PREFIX, PROVIDER_OPTIONS, PROVIDERS
+from ln2d.constants import METADATA_PREFIX, PROVIDERS, ort_provider
 
 log = logging.getLogger("ln2d.serve")
 
@@ -92,8 +92,7 @@ def _session(ort, path: Path, provider: str, cpu_fallback: bool, threads: int):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     try:
-        providers = [(wanted, PROVIDER_OPTIONS[provider])]
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=[ort_provider(provider)])
     except Exception as exc:  # onnxruntime raises its own untyped errors for invalid files
         raise ModelLoadError(f"cannot load {path}: {native.explain(exc)}") from exc
     active = session.get_providers()[0]

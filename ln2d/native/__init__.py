@@ -1,7 +1,8 @@
 """The native LayerNorm2d op for ONNX Runtime's CPU provider: ``ai.ln2d::LayerNorm2d``.
 
 The C library (``layernorm2d.c``) is compiled into the wheel when a C compiler is there; it is
-loaded into a session by path, with ``register``. Torch-free, like the server that uses it.
+loaded into every session ln2d opens, through ``session_options``. Torch-free, like the server
+that uses it.
 """
 
 from __future__ import annotations
@@ -44,14 +45,6 @@ def missing() -> NativeUnavailable:
         "library for it: reinstall ln2d where a C compiler is available (pip install "
         "--force-reinstall --no-binary ln2d ln2d), or export with --target cpu"
     )
-
-
-def register(options) -> None:
-    """Load the op into ONNX Runtime ``SessionOptions``; NativeUnavailable when it is missing."""
-    path = library()
-    if path is None:
-        raise missing()
-    options.register_custom_ops_library(str(path))
 
 
 def session_options(options=None):
