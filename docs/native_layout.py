@@ -5,7 +5,8 @@ with a ReorderOutput before and a ReorderInput after, around any op that only ta
 custom op such as ``ai.ln2d::LayerNorm2d`` among them. The only way to drop those reorders from
 outside is to switch the layout transformer off for the session (``NchwcTransformer`` in
 ``disabled_optimizers``). This times the cpu-native and cpu targets' graphs both ways, side by
-side in a shuffled order, 2 threads, spinning off.
+side in a shuffled order, 2 threads, spinning off, with an A/A control (the cpu-native session
+with NCHWc opened twice: the ratio of the two says how far apart equal things measure).
 
     python docs/native_layout.py   # about a minute on 2 cores
 """
@@ -27,11 +28,12 @@ from ln2d.export.onnx_export import DEFAULT_OPSET, INPUT_NAME, module_to_onnx
 
 POINTS = (("simple", 32, (1, 8, 32)), ("convnext-atto", 224, (1, 8)))
 SECONDS = 2.0  # per session and point
+CONTROL = ("cpu-native", "A/A")
 
 
 def main() -> None:
-    print("| network | batch | cpu-native | cpu-native, no NCHWc | cpu | cpu, no NCHWc |")
-    print("|---|---|---|---|---|---|")
+    print("| network | batch | A/A | cpu-native | cpu-native, no NCHWc | cpu | cpu, no NCHWc |")
+    print("|---|---|---|---|---|---|---|")
     for name, size, batches in POINTS:
         graphs = _graphs(name, size)
         for batch in batches:
@@ -41,8 +43,10 @@ def main() -> None:
                 for target, graph in graphs.items()
                 for nchwc in (True, False)
             }
+            sessions[CONTROL] = _session(graphs["cpu-native"], True)
             ms = _interleaved(sessions, {INPUT_NAME: x})
-            cells = [f"{ms[key]:.3f}" for key in sessions]
+            control = ms[("cpu-native", True)] / ms.pop(CONTROL)
+            cells = [f"{control:.3f}"] + [f"{value:.3f}" for value in ms.values()]
             print(f"| {name} | {batch} | " + " | ".join(cells) + " |")
 
 
