@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+from ln2d.functional import layer_norm_2d
 
 
 class LayerNorm2d(nn.Module):
@@ -15,8 +15,11 @@ class LayerNorm2d(nn.Module):
     computed per ``(n, h, w)``: no dependence on the batch, no permute. Parameters are named
     ``weight`` and ``bias`` (the ConvNeXt / timm convention) so third-party state dicts load.
 
-    fp16 / bf16 inputs are normalised in fp32 and cast back, because their short mantissa makes
-    ``E[(x - mean)^2]`` lose most of its digits.
+    fp16 / bf16 inputs are normalised with fp32 statistics and come back in their own dtype,
+    because their short mantissa makes ``E[(x - mean)^2]`` lose most of its digits.
+
+    The forward is ``ln2d.functional.layer_norm_2d``: fast in training and inference for NCHW
+    and channels_last input alike, and the plain formula while compiling or exporting.
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True) -> None:
@@ -41,18 +44,7 @@ class LayerNorm2d(nn.Module):
                 f"LayerNorm2d was built for {self.num_channels} channels, "
                 f"got input with {x.shape[1]} (shape {tuple(x.shape)})"
             )
-        if x.dtype in _LOW_PRECISION:
-            return self._normalize(x.float()).to(x.dtype)
-        return self._normalize(x)
-
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        # Written as the class docstring states it; the ONNX fuser must recognise this form.
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        if self.affine:
-            x = x * self.weight[:, None, None] + self.bias[:, None, None]
-        return x
+        return layer_norm_2d(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"

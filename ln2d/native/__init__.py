@@ -1,8 +1,9 @@
-"""The native LayerNorm2d op for ONNX Runtime's CPU provider: ``ai.ln2d::LayerNorm2d``.
+"""ln2d's native kernels: the LayerNorm2d op for ONNX Runtime's CPU provider here
+(``ai.ln2d::LayerNorm2d``), and PyTorch's eager forward and backward in ``eager``.
 
-The C library (``layernorm2d.c``) is compiled into the wheel when a C compiler is there; it is
-loaded into every session ln2d opens, through ``session_options``. Torch-free, like the server
-that uses it.
+Each C library (``layernorm2d.c``, ``layernorm2d_eager.c``) is compiled into the wheel when a C
+compiler is there. The ONNX Runtime one is loaded into every session ln2d opens, through
+``session_options``. Torch-free, like the server that uses it.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ class NativeUnavailable(RuntimeError):
 def library() -> Path | None:
     """The compiled library: the file ``LN2D_NATIVE_LIBRARY`` names (another build of the same
     source, such as ``make test-sanitized``'s), else this install's, if it has one."""
-    chosen = os.environ.get(LIBRARY_VARIABLE)
+    return find_library("_layernorm2d", LIBRARY_VARIABLE)
+
+
+def find_library(stem: str, variable: str) -> Path | None:
+    """The file the environment variable names, else this package's compiled ``stem``."""
+    chosen = os.environ.get(variable)
     if chosen:
         return Path(chosen) if Path(chosen).is_file() else None
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = HERE / f"_layernorm2d{suffix}"
+        candidate = HERE / f"{stem}{suffix}"
         if candidate.is_file():
             return candidate
     return None

@@ -1,0 +1,165 @@
+"""``layer_norm_2d``: LayerNorm over the channels of an ``(N, C, H, W)`` tensor, the fast way.
+
+Which way depends on where the tensor is and how it is laid out:
+
+=================================  ==================================================
+channels_last input, any device    ``F.layer_norm`` on its NHWC view: no copy at all
+other input on the CPU             ln2d's C kernel (``ln2d/native/layernorm2d_eager.c``)
+anything else (CUDA NCHW, an       ``F.layer_norm`` on a permuted copy, as timm does;
+install without a C compiler)      the output then has channels_last strides
+torch.compile, export, tracing     the formula written out (``layer_norm_2d_formula``),
+                                   which inductor fuses and ln2d's ONNX fuser matches
+=================================  ==================================================
+
+Every way keeps only the input plus a mean and an inverse deviation per pixel for backward,
+and computes the statistics in fp32 (fp64 for fp64) whatever the storage type.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from ln2d.native import eager
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_CODES = {
+    torch.float32: eager.FLOAT32,
+    torch.float64: eager.FLOAT64,
+    torch.bfloat16: eager.BFLOAT16,
+    torch.float16: eager.FLOAT16,
+}
+
+
+def layer_norm_2d(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """``(x - mean_c) / sqrt(var_c + eps) * weight[c] + bias[c]`` at every pixel of NCHW ``x``,
+    with the biased variance; ``weight`` and ``bias`` may be None. Same dtype out as in."""
+    if _tracing():
+        return layer_norm_2d_formula(x, weight, bias, eps)
+    if _channels_last(x) or not native_applies(x):
+        return _last_axis_norm(x.permute(0, 2, 3, 1), weight, bias, eps).permute(0, 3, 1, 2)
+    x = x.contiguous()
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return _NativeLayerNorm2d.apply(x, weight, bias, eps)
+    return _native_forward(x, weight, bias, eps, keep_statistics=False)[0]
+
+
+def layer_norm_2d_formula(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """The seed's math as plain tensor ops: what the exporters record and ln2d's fuser matches,
+    and what torch.compile fuses into one kernel. fp16 / bf16 are normalised in fp32."""
+    if x.dtype in _LOW_PRECISION:
+        return layer_norm_2d_formula(x.float(), weight, bias, eps).to(x.dtype)
+    mean = x.mean(1, keepdim=True)
+    var = (x - mean).pow(2).mean(1, keepdim=True)
+    x = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        x = x * weight[:, None, None]
+    if bias is not None:
+        x = x + bias[:, None, None]
+    return x
+
+
+def native_applies(x: torch.Tensor) -> bool:
+    """Whether ln2d's C kernel takes this tensor: on the CPU, in a dtype this install built."""
+    return x.device.type == "cpu" and x.dtype in _CODES and eager.supports(_CODES[x.dtype])
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Laid out NHWC, and not also NCHW (as a tensor of one channel or one pixel is)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _tracing() -> bool:
+    return (
+        torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+    )
+
+
+def _last_axis_norm(nhwc, weight, bias, eps):
+    """F.layer_norm over the last axis. Its CPU kernel takes fp32 parameters with fp16 / bf16
+    input (statistics in fp32); other devices want one dtype (statistics still in fp32)."""
+    dtype = torch.float32 if _mixed_precision_on_cpu(nhwc) else nhwc.dtype
+    weight = weight.to(dtype) if weight is not None else None
+    bias = bias.to(dtype) if bias is not None else None
+    if torch.is_autocast_enabled(nhwc.device.type):
+        # autocast would copy the input to fp32 first and hand back fp32; this layer keeps
+        # its input's dtype and computes its statistics in fp32 anyway.
+        with torch.autocast(nhwc.device.type, enabled=False):
+            return F.layer_norm(nhwc, nhwc.shape[-1:], weight, bias, eps)
+    return F.layer_norm(nhwc, nhwc.shape[-1:], weight, bias, eps)
+
+
+def _mixed_precision_on_cpu(x: torch.Tensor) -> bool:
+    return x.dtype in _LOW_PRECISION and x.device.type == "cpu"
+
+
+def _parameter(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """A parameter as the C kernel reads it: contiguous, fp32 (fp64 for fp64 input)."""
+    if t is None:
+        return None
+    return t.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
+
+
+def _shape(x: torch.Tensor) -> eager.Shape:
+    n, c, h, w = x.shape
+    return eager.Shape(n, c, h * w)
+
+
+def _address(t: torch.Tensor | None) -> int | None:
+    return t.data_ptr() if t is not None else None
+
+
+def _native_forward(x, weight, bias, eps, keep_statistics: bool):
+    """y, and the per-pixel mean and rstd where kept (None otherwise)."""
+    weight, bias = _parameter(weight, x), _parameter(bias, x)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    stat_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    n, _, h, w = x.shape
+    mean = rstd = None
+    if keep_statistics:
+        mean = x.new_empty((n, 1, h, w), dtype=stat_dtype)
+        rstd = x.new_empty((n, 1, h, w), dtype=stat_dtype)
+    if x.numel():
+        eager.forward(
+            _CODES[x.dtype], x.data_ptr(), _address(weight), _address(bias), y.data_ptr(),
+            _address(mean), _address(rstd), _shape(x), eps, torch.get_num_threads(),
+        )  # fmt: skip
+    return y, mean, rstd
+
+
+class _NativeLayerNorm2d(torch.autograd.Function):
+    """The C kernel under autograd: saves x, mean and rstd; backward is one pass of its own."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, rstd = _native_forward(x, weight, bias, eps, keep_statistics=True)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = torch.empty_like(x)
+        threads = torch.get_num_threads()
+        c = x.shape[1]
+        partial_dw = x.new_zeros((threads, c), dtype=torch.float64) if weight is not None else None
+        has_bias = ctx.bias_dtype is not None
+        partial_db = x.new_zeros((threads, c), dtype=torch.float64) if has_bias else None
+        kernel_weight = _parameter(weight, x)
+        if x.numel():
+            eager.backward(
+                _CODES[x.dtype], dy.data_ptr(), x.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                _address(kernel_weight), dx.data_ptr(), _address(partial_dw),
+                _address(partial_db), _shape(x), threads,
+            )  # fmt: skip
+        dw = partial_dw.sum(0).to(weight.dtype) if weight is not None else None
+        db = partial_db.sum(0).to(ctx.bias_dtype) if has_bias else None
+        return dx, dw, db, None
