@@ -105,8 +105,13 @@ def build(network: Network, channels: int, seed: int = 0) -> nn.Module:
 
 def without_norms(module: nn.Module) -> nn.Module:
     """The same module with every LayerNorm2d replaced by an identity (the no-norm baseline)."""
+    return with_norm(module, lambda channels: nn.Identity())
+
+
+def with_norm(module: nn.Module, make: Callable[[int], nn.Module]) -> nn.Module:
+    """The same module with every LayerNorm2d replaced by ``make(channels)``, in place."""
     if isinstance(module, LayerNorm2d):
-        return nn.Identity()
+        return make(module.num_channels)
     for name, child in module.named_children():
-        setattr(module, name, without_norms(child))
+        setattr(module, name, with_norm(child, make))
     return module

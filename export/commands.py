@@ -9,9 +9,10 @@ from pathlib import Path
 
 from ln2d.cli import int_list
 from ln2d.commands import add_checkpoint_arguments, load_from_args
-from ln2d.constants import DEFAULT_TARGET, PROVIDERS, TARGETS
+from ln2d.constants import DEFAULT_TARGET, DEVICES, PROVIDERS, TARGETS
 from ln2d.errors import UserError, writing
 
+DEFAULT_TRAIN_SHAPES = ((32, 96, 56, 56), (8, 256, 28, 28), (64, 64, 32, 32))
 TARGET_HELP = (
     "runtime to fuse for: per site, a form ln2d bench measured never slower than the input's "
     "own form in its context, already-fused sites kept as they came (cpu); ln2d's own "
@@ -27,6 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         _add_parity,
         _add_quantize,
         _add_bench,
+        _add_bench_train,
         _add_triton_repo,
     ):
         add(commands)
@@ -439,6 +441,81 @@ def run_bench(args: argparse.Namespace) -> int:
     print(table(report))
     _write(args.json, json.dumps(report, indent=2))
     return 0
+
+
+def _add_bench_train(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench-train",
+        help="time LayerNorm2d's training forward + backward, and whole training steps",
+        description="PyTorch only. For each shape and dtype: ln2d's LayerNorm2d on NCHW and on "
+        "channels_last input beside the formula written out, timm's permute style, "
+        "channels_last F.layer_norm and torch.compile of the formula: forward + backward "
+        "time and the bytes kept for backward (and peak memory on CUDA). Then a whole "
+        "training step of SimpleLN_CNN (64x64, batch 32) and the ConvNeXt-atto-like network "
+        "(224x224, batch 8) with LayerNorm2d, BatchNorm and no norm, in both layouts. Side by "
+        "side, shuffled, medians, an A/A control. Prints markdown tables; --json writes all.",
+    )
+    bench.add_argument(
+        "--shapes",
+        type=_shapes,
+        default=DEFAULT_TRAIN_SHAPES,
+        help="NxCxHxW list (default: 32x96x56x56,8x256x28x28,64x64x32x32)",
+    )
+    bench.add_argument("--dtypes", type=_names, default=("fp32", "bf16"), help="fp32,bf16")
+    bench.add_argument(
+        "--networks",
+        type=_names,
+        default=("simple", "convnext-atto"),
+        help="whole-step networks: simple,convnext-atto, or '' for none",
+    )
+    bench.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if any")
+    bench.add_argument("--seconds", type=float, default=0.5, help="time per variant and group")
+    bench.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads (0 = the CPU quota's cores)"
+    )
+    bench.add_argument(
+        "--no-compile", action="store_true", help="skip torch.compile (a compile per group)"
+    )
+    bench.add_argument("--json", type=Path, help="write the results as JSON")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(run=run_bench_train, extra="export")
+
+
+def run_bench_train(args: argparse.Namespace) -> int:
+    from ln2d.cpu_quota import available_cpus
+    from ln2d.export.bench_train import DTYPES, STEP_NETWORKS, TrainBenchOptions, run, table
+    from ln2d.training import pick_device
+
+    unknown = sorted(set(args.dtypes) - set(DTYPES))
+    unknown += sorted(set(args.networks) - set(STEP_NETWORKS))
+    if unknown:
+        raise UserError(f"unknown dtype or network: {', '.join(unknown)}")
+    if args.seconds <= 0 or args.threads < 0:
+        raise UserError("--seconds must be > 0 and --threads >= 0")
+    options = TrainBenchOptions(
+        args.shapes,
+        args.dtypes,
+        args.networks,
+        pick_device(args.device).type,
+        args.seconds,
+        args.threads or available_cpus(),
+        compile=not args.no_compile,
+        progress=not args.no_progress,
+    )
+    report = run(options)
+    print(table(report))
+    _write(args.json, json.dumps(report, indent=2))
+    return 0
+
+
+def _shapes(text: str) -> tuple[tuple[int, ...], ...]:
+    try:
+        shapes = tuple(tuple(int(v) for v in s.split("x")) for s in text.split(",") if s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NxCxHxW,..., got {text!r}") from None
+    if not shapes or any(len(s) != 4 or min(s) < 1 for s in shapes):
+        raise argparse.ArgumentTypeError(f"expected positive NxCxHxW,..., got {text!r}")
+    return shapes
 
 
 def _add_triton_repo(commands: argparse._SubParsersAction) -> None:

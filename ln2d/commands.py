@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ln2d.cli import int_list
-from ln2d.constants import NORMS
+from ln2d.constants import AMP_DTYPES, DEVICES, NORMS
 from ln2d.errors import UserError
 
 DEFAULT_CHECKPOINT = Path("artifacts/model.safetensors")
@@ -39,6 +39,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=int,
         choices=[1, 3],
         help="input channels (default: 1 for the digits, gray replicated with 3; 3 for --data)",
+    )
+    train.add_argument(
+        "--device", choices=DEVICES, default="auto", help="auto (default): CUDA if there is one"
+    )
+    train.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="train in NHWC memory layout (faster convolutions on most hardware)",
+    )
+    train.add_argument(
+        "--amp",
+        choices=AMP_DTYPES,
+        help="mixed precision: autocast to bf16, or to fp16 with a loss scaler; LayerNorm2d "
+        "keeps fp32 statistics either way (default: fp32 throughout)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(run=run_train, extra="torch")
@@ -101,15 +115,23 @@ def run_train(args: argparse.Namespace) -> int:
     from ln2d.checkpoint import save_checkpoint
     from ln2d.data import DIGITS_SIZE, fit_preprocessing, load_digits, load_image_folder, split
     from ln2d.model import SimpleLN_CNN
-    from ln2d.training import TrainConfig, seed_everything, train
+    from ln2d.training import TrainConfig, pick_device, seed_everything, train
 
+    device = pick_device(args.device)
     if args.data is None:
         dataset = load_digits(args.size or DIGITS_SIZE, args.channels or 1)
     else:
         size = args.size or 32
         dataset = load_image_folder(args.data, args.channels or 3, size, size)
     config = TrainConfig(
-        args.epochs, args.batch_size, args.lr, val_fraction=args.val_fraction, seed=args.seed
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=str(device),
+        channels_last=args.channels_last,
+        amp=args.amp,
     )
     train_set, val_set = split(dataset, config.val_fraction, config.seed)
     preprocessing = fit_preprocessing(train_set.images)
@@ -125,12 +147,7 @@ def run_train(args: argparse.Namespace) -> int:
             f"the minimum for {len(args.widths)} pooling stages"
         )
     summary = train(
-        model,
-        (preprocessing(train_set.images), train_set.targets),
-        (preprocessing(val_set.images), val_set.targets),
-        config,
-        generator,
-        progress=not args.no_progress,
+        model, train_set, val_set, preprocessing, config, generator, progress=not args.no_progress
     )
     summary["data"] = "digits" if args.data is None else str(args.data)
     path = save_checkpoint(args.out, model, preprocessing, dataset.labels, summary)

@@ -35,6 +35,11 @@ def ort_provider(name: str) -> tuple[str, dict[str, str]]:
     return PROVIDERS[name], PROVIDER_OPTIONS[name]
 
 
+# Where torch trains and benchmarks, by the names the command line takes (auto: CUDA if any).
+DEVICES = ("auto", "cpu", "cuda")
+# Mixed precision for training: autocast to this dtype (fp16 also scales the loss).
+AMP_DTYPES = ("bf16", "fp16")
+
 # The fusion targets (export.fusion.targets holds their rules) and the default one.
 TARGETS = ("cpu", "cpu-native", "cuda", "portable")
 DEFAULT_TARGET = "cpu"

@@ -19,12 +19,7 @@ def _short_run(seed: int, epochs: int = 3):
     model = SimpleLN_CNN(1, 10, (16, 32, 64))
     val = (pre(val_set.images), val_set.targets)
     summary = train(
-        model,
-        (pre(train_set.images), train_set.targets),
-        val,
-        TrainConfig(epochs=epochs, seed=seed),
-        generator,
-        progress=False,
+        model, train_set, val_set, pre, TrainConfig(epochs=epochs, seed=seed), generator, False
     )
     return model, pre, val, summary
 

@@ -1,5 +1,5 @@
 """ctypes bindings of ``layernorm2d_eager.c``: LayerNorm2d's forward and backward for PyTorch's
-eager mode, on raw contiguous NCHW buffers (``ln2d.functional`` passes the tensors' pointers).
+eager mode, on raw contiguous NCHW or NHWC buffers (``ln2d.functional`` passes the tensors' pointers).
 
 Torch-free: the element types are codes, the buffers addresses.
 """
@@ -23,6 +23,7 @@ class Shape:
     images: int
     channels: int
     plane: int  # H * W
+    channels_last: bool  # memory in (N, H, W, C) order, else (N, C, H, W)
 
 
 @functools.cache
@@ -33,8 +34,8 @@ def library() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(str(path))
     lib.ln2d_supports.argtypes = [_INT]
-    lib.ln2d_layernorm2d_forward.argtypes = [_INT, *[_POINTER] * 6, *[_INT64] * 3, _DOUBLE, _INT]
-    lib.ln2d_layernorm2d_backward.argtypes = [_INT, *[_POINTER] * 8, *[_INT64] * 3, _INT]
+    lib.ln2d_layernorm2d_forward.argtypes = [_INT, _INT, *[_POINTER] * 6, *[_INT64] * 3, _DOUBLE, _INT]
+    lib.ln2d_layernorm2d_backward.argtypes = [_INT, _INT, *[_POINTER] * 8, *[_INT64] * 3, _INT]
     return lib
 
 
@@ -47,10 +48,11 @@ def forward(
     dtype: int, x: int, weight: int | None, bias: int | None, y: int,
     mean: int | None, rstd: int | None, shape: Shape, eps: float, threads: int,
 ) -> None:  # fmt: skip
-    """y = LayerNorm2d(x); mean and rstd (per pixel) are written where given."""
+    """y = LayerNorm2d(x); mean and rstd (per pixel, in (N, H, W) order) are written where
+    given. x and y are laid out as ``shape.channels_last`` says."""
     _check(library().ln2d_layernorm2d_forward(
-        dtype, x, weight, bias, y, mean, rstd, shape.images, shape.channels, shape.plane, eps,
-        threads,
+        dtype, shape.channels_last, x, weight, bias, y, mean, rstd, shape.images,
+        shape.channels, shape.plane, eps, threads,
     ))  # fmt: skip
 
 
@@ -61,8 +63,8 @@ def backward(
     """dx, and each thread's partial dweight and dbias (``threads`` rows of ``channels``
     doubles, zeroed by the caller)."""
     _check(library().ln2d_layernorm2d_backward(
-        dtype, dy, x, mean, rstd, weight, dx, dweight, dbias, shape.images, shape.channels,
-        shape.plane, threads,
+        dtype, shape.channels_last, dy, x, mean, rstd, weight, dx, dweight, dbias,
+        shape.images, shape.channels, shape.plane, threads,
     ))  # fmt: skip
 
 

@@ -82,17 +82,18 @@ static inline uint16_t bf16_store(float f) {
       const T* row = x + c * plane;                                                           \
       for (int64_t i = 0; i < count; i++) sum[i] += LOAD(row[i]);                             \
     }                                                                                         \
-    F mean[MAX_BLOCK], rstd[MAX_BLOCK], squares[MAX_BLOCK] = {0};                             \
-    for (int64_t i = 0; i < count; i++) mean[i] = (F)(sum[i] / (double)C);                   \
+    F mean[MAX_BLOCK], rstd[MAX_BLOCK];                                                       \
+    double squares[MAX_BLOCK] = {0};                                                          \
+    for (int64_t i = 0; i < count; i++) mean[i] = (F)(sum[i] /= (double)C);                  \
     for (int64_t c = 0; c < C; c++) {                                                         \
       const T* row = x + c * plane;                                                           \
       for (int64_t i = 0; i < count; i++) {                                                   \
-        F d = (F)LOAD(row[i]) - mean[i];                                                      \
+        double d = (double)LOAD(row[i]) - sum[i];                                             \
         squares[i] += d * d;                                                                  \
       }                                                                                       \
     }                                                                                         \
     for (int64_t i = 0; i < count; i++)                                                       \
-      rstd[i] = (F)(1.0 / sqrt((double)squares[i] / (double)C + p->eps));                     \
+      rstd[i] = (F)(1.0 / sqrt(squares[i] / (double)C + p->eps));                             \
     if (p->mean != NULL) {                                                                    \
       memcpy((F*)p->mean + image * plane + start, mean, (size_t)count * sizeof(F));           \
       memcpy((F*)p->rstd + image * plane + start, rstd, (size_t)count * sizeof(F));           \
@@ -119,10 +120,11 @@ static inline uint16_t bf16_store(float f) {
     const F* rstd = (const F*)p->rstd + image * plane + start;                                \
     double* dweight = p->dweight ? p->dweight + (int64_t)thread * C : NULL;                   \
     double* dbias = p->dbias ? p->dbias + (int64_t)thread * C : NULL;                         \
-    F g_sum[MAX_BLOCK] = {0}, gx_sum[MAX_BLOCK] = {0};                                   \
+    double g_sum[MAX_BLOCK] = {0}, gx_sum[MAX_BLOCK] = {0};                                   \
     for (int64_t c = 0; c < C; c++) {                                                         \
       const T *xr = x + c * plane, *dyr = dy + c * plane;                                     \
-      F w = weight ? weight[c] : (F)1, dw = 0, db = 0;                                        \
+      F w = weight ? weight[c] : (F)1;                                                        \
+      double dw = 0, db = 0;                                                                  \
       _Pragma("omp simd reduction(+ : dw, db)") for (int64_t i = 0; i < count; i++) {         \
         F xhat = ((F)LOAD(xr[i]) - mean[i]) * rstd[i], g = (F)LOAD(dyr[i]);                   \
         dw += g * xhat;                                                                       \
@@ -150,19 +152,95 @@ static inline uint16_t bf16_store(float f) {
     }                                                                                         \
   }
 
-FORWARD_BLOCK(forward_fp32, float, float, WIDEN, NARROW_TO(float))
-FORWARD_BLOCK(forward_fp64, double, double, WIDEN, NARROW_TO(double))
-FORWARD_BLOCK(forward_bf16, uint16_t, float, bf16_load, bf16_store)
-BACKWARD_BLOCK(backward_fp32, float, float, WIDEN, NARROW_TO(float))
-BACKWARD_BLOCK(backward_fp64, double, double, WIDEN, NARROW_TO(double))
-BACKWARD_BLOCK(backward_bf16, uint16_t, float, bf16_load, bf16_store)
+/* The same for channels_last (NHWC) tensors: each pixel's C values are one contiguous row, so
+ * the loops run along the channels, and the parameters' partial sums are added row by row. */
+#define FORWARD_ROWS(name, T, F, LOAD, STORE)                                                   \
+  WIDEST_VECTORS static void name(const Problem* p, int64_t image, int64_t start,             \
+                                  int64_t count, int thread) {                                \
+    (void)image;                                                                              \
+    (void)thread;                                                                             \
+    const int64_t C = p->channels;                                                            \
+    const F *weight = p->weight, *bias = p->bias;                                             \
+    for (int64_t r = start; r < start + count; r++) {                                         \
+      const T* row = (const T*)p->x + r * C;                                                  \
+      T* out = (T*)p->y + r * C;                                                              \
+      double sum = 0, squares = 0;                                                            \
+      _Pragma("omp simd reduction(+ : sum)") for (int64_t c = 0; c < C; c++)                  \
+          sum += LOAD(row[c]);                                                                \
+      const double exact_mean = sum / (double)C;                                              \
+      _Pragma("omp simd reduction(+ : squares)") for (int64_t c = 0; c < C; c++) {            \
+        double d = (double)LOAD(row[c]) - exact_mean;                                         \
+        squares += d * d;                                                                     \
+      }                                                                                       \
+      const F mean = (F)exact_mean, rstd = (F)(1.0 / sqrt(squares / (double)C + p->eps));     \
+      if (p->mean != NULL) {                                                                  \
+        ((F*)p->mean)[r] = mean;                                                              \
+        ((F*)p->rstd)[r] = rstd;                                                              \
+      }                                                                                       \
+      for (int64_t c = 0; c < C; c++) {                                                       \
+        F w = weight ? weight[c] : (F)1, b = bias ? bias[c] : (F)0;                           \
+        out[c] = STORE(((F)LOAD(row[c]) - mean) * rstd * w + b);                              \
+      }                                                                                       \
+    }                                                                                         \
+  }
+
+#define BACKWARD_ROWS(name, T, F, LOAD, STORE)                                                  \
+  WIDEST_VECTORS static void name(const Problem* p, int64_t image, int64_t start,             \
+                                  int64_t count, int thread) {                                \
+    (void)image;                                                                              \
+    const int64_t C = p->channels;                                                            \
+    const F* weight = p->weight;                                                              \
+    double* dweight = p->dweight ? p->dweight + (int64_t)thread * C : NULL;                   \
+    double* dbias = p->dbias ? p->dbias + (int64_t)thread * C : NULL;                         \
+    for (int64_t r = start; r < start + count; r++) {                                         \
+      const T *xr = (const T*)p->x + r * C, *dyr = (const T*)p->dy + r * C;                   \
+      T* out = (T*)p->dx + r * C;                                                             \
+      const F mean = ((const F*)p->mean)[r], rstd = ((const F*)p->rstd)[r];                   \
+      double g_sum = 0, gx_sum = 0;                                                           \
+      _Pragma("omp simd reduction(+ : g_sum, gx_sum)") for (int64_t c = 0; c < C; c++) {      \
+        F xhat = ((F)LOAD(xr[c]) - mean) * rstd, g = (F)LOAD(dyr[c]) * (weight ? weight[c] : (F)1); \
+        g_sum += g;                                                                           \
+        gx_sum += g * xhat;                                                                   \
+      }                                                                                       \
+      if (dweight)                                                                            \
+        for (int64_t c = 0; c < C; c++)                                                       \
+          dweight[c] += (F)LOAD(dyr[c]) * (((F)LOAD(xr[c]) - mean) * rstd);                   \
+      if (dbias)                                                                              \
+        for (int64_t c = 0; c < C; c++) dbias[c] += LOAD(dyr[c]);                             \
+      const F g_mean = (F)(g_sum / (double)C), gx_mean = (F)(gx_sum / (double)C);             \
+      for (int64_t c = 0; c < C; c++) {                                                       \
+        F xhat = ((F)LOAD(xr[c]) - mean) * rstd, w = weight ? weight[c] : (F)1;              \
+        out[c] = STORE(rstd * ((F)LOAD(dyr[c]) * w - g_mean - xhat * gx_mean));               \
+      }                                                                                       \
+    }                                                                                         \
+  }
+
+/* Every kernel of one element type: [layout][direction], layout 0 NCHW, 1 channels_last. */
+typedef struct {
+  BlockFunction kernel[2][2];
+} Kernels;
+enum { FORWARD = 0, BACKWARD = 1 };
+
+#define KERNELS(suffix, T, F, LOAD, STORE)                       \
+  FORWARD_BLOCK(forward_##suffix, T, F, LOAD, STORE)             \
+  BACKWARD_BLOCK(backward_##suffix, T, F, LOAD, STORE)           \
+  FORWARD_ROWS(forward_rows_##suffix, T, F, LOAD, STORE)         \
+  BACKWARD_ROWS(backward_rows_##suffix, T, F, LOAD, STORE)       \
+  static const Kernels kernels_##suffix = {                      \
+      {{forward_##suffix, backward_##suffix}, {forward_rows_##suffix, backward_rows_##suffix}}};
+
+KERNELS(fp32, float, float, WIDEN, NARROW_TO(float))
+KERNELS(fp64, double, double, WIDEN, NARROW_TO(double))
+KERNELS(bf16, uint16_t, float, bf16_load, bf16_store)
 #ifdef __FLT16_MAX__ /* the compiler has _Float16 (gcc 12, clang 15): fp16 is built too */
-FORWARD_BLOCK(forward_fp16, _Float16, float, WIDEN, NARROW_TO(_Float16))
-BACKWARD_BLOCK(backward_fp16, _Float16, float, WIDEN, NARROW_TO(_Float16))
-#define FP16(function) function
+KERNELS(fp16, _Float16, float, WIDEN, NARROW_TO(_Float16))
+#define KERNELS_FP16 &kernels_fp16
 #else
-#define FP16(function) NULL
+#define KERNELS_FP16 NULL
 #endif
+
+/* By eager.py's dtype code; NULL where this build lacks the type. */
+static const Kernels* const by_dtype[] = {&kernels_fp32, &kernels_fp64, &kernels_bf16, KERNELS_FP16};
 
 /* ---- blocks over threads ---- */
 
@@ -222,11 +300,6 @@ static void run_with_pthreads(Share* shares, int count) {
  * block's output depends on that block alone; the parameters' partial sums are per range, and
  * the caller adds them in order, so a given thread count gives the same bits every time. */
 static int run_blocks(Problem* p, BlockFunction function, int threads) {
-  p->block = BLOCK_VALUES / p->channels;
-  if (p->block > MAX_BLOCK) p->block = MAX_BLOCK;
-  if (p->block >= 32) p->block -= p->block % 16; /* whole vectors */
-  if (p->block < 16) p->block = 16;
-  if (p->block > p->plane) p->block = p->plane;
   int64_t blocks = p->images * ((p->plane + p->block - 1) / p->block);
   int64_t useful = p->images * p->channels * p->plane / MIN_PER_THREAD;
   if (threads > useful) threads = (int)useful;
@@ -249,43 +322,50 @@ static int run_blocks(Problem* p, BlockFunction function, int threads) {
 
 /* ---- the entry points ---- */
 
-static BlockFunction pick(int dtype, BlockFunction fp32, BlockFunction fp64, BlockFunction bf16,
-                          BlockFunction fp16) {
-  switch (dtype) {
-    case FLOAT32: return fp32;
-    case FLOAT64: return fp64;
-    case BFLOAT16: return bf16;
-    case FLOAT16: return fp16;
-    default: return NULL;
-  }
+static const Kernels* kernels_for(int dtype) {
+  return dtype >= 0 && dtype < (int)(sizeof by_dtype / sizeof by_dtype[0]) ? by_dtype[dtype] : NULL;
 }
 
 /* Whether `dtype` is built: fp16 needs a compiler with _Float16. */
-int ln2d_supports(int dtype) {
-  return pick(dtype, forward_fp32, forward_fp64, forward_bf16, FP16(forward_fp16)) != NULL;
+int ln2d_supports(int dtype) { return kernels_for(dtype) != NULL; }
+
+/* One call's shape, in the kernels' terms: NCHW in blocks of pixels of one image; NHWC as N*H*W
+ * rows of C values, in blocks of rows. */
+static int run(Problem* p, int dtype, int channels_last, int direction, int threads) {
+  const Kernels* k = kernels_for(dtype);
+  if (k == NULL) return -1;
+  if (channels_last) {
+    p->plane *= p->images;
+    p->images = 1;
+    p->block = BLOCK_VALUES / p->channels > 0 ? BLOCK_VALUES / p->channels : 1;
+  } else {
+    p->block = BLOCK_VALUES / p->channels;
+    if (p->block > MAX_BLOCK) p->block = MAX_BLOCK;
+    if (p->block >= 32) p->block -= p->block % 16; /* whole vectors */
+    if (p->block < 16) p->block = 16;
+  }
+  if (p->block > p->plane) p->block = p->plane;
+  return run_blocks(p, k->kernel[channels_last != 0][direction], threads);
 }
 
-/* Returns the number of threads used, or -1 for a dtype this build lacks. */
-int ln2d_layernorm2d_forward(int dtype, const void* x, const void* weight, const void* bias,
-                             void* y, void* mean, void* rstd, int64_t images, int64_t channels,
-                             int64_t plane, double eps, int threads) {
-  BlockFunction f = pick(dtype, forward_fp32, forward_fp64, forward_bf16, FP16(forward_fp16));
-  if (f == NULL) return -1;
+/* mean and rstd are written per pixel, in (N, H, W) order, where given. Returns the number of
+ * threads used, or -1 for a dtype this build lacks. */
+int ln2d_layernorm2d_forward(int dtype, int channels_last, const void* x, const void* weight,
+                             const void* bias, void* y, void* mean, void* rstd, int64_t images,
+                             int64_t channels, int64_t plane, double eps, int threads) {
   Problem p = {.x = x, .weight = weight, .bias = bias, .y = y, .mean = mean, .rstd = rstd,
                .images = images, .channels = channels, .plane = plane, .eps = eps};
-  return run_blocks(&p, f, threads);
+  return run(&p, dtype, channels_last, FORWARD, threads);
 }
 
 /* dweight and dbias are [threads][channels] doubles, zeroed by the caller; row t holds thread
  * t's partial sums. Returns the number of threads used, or -1 for a dtype this build lacks. */
-int ln2d_layernorm2d_backward(int dtype, const void* dy, const void* x, const void* mean,
-                              const void* rstd, const void* weight, void* dx, double* dweight,
-                              double* dbias, int64_t images, int64_t channels, int64_t plane,
-                              int threads) {
-  BlockFunction f = pick(dtype, backward_fp32, backward_fp64, backward_bf16, FP16(backward_fp16));
-  if (f == NULL) return -1;
+int ln2d_layernorm2d_backward(int dtype, int channels_last, const void* dy, const void* x,
+                              const void* mean, const void* rstd, const void* weight, void* dx,
+                              double* dweight, double* dbias, int64_t images, int64_t channels,
+                              int64_t plane, int threads) {
   Problem p = {.x = x, .dy = dy, .weight = weight, .dx = dx, .mean = (void*)mean,
                .rstd = (void*)rstd, .dweight = dweight, .dbias = dbias, .images = images,
                .channels = channels, .plane = plane};
-  return run_blocks(&p, f, threads);
+  return run(&p, dtype, channels_last, BACKWARD, threads);
 }
