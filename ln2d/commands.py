@@ -134,11 +134,12 @@ def run_train(args: argparse.Namespace) -> int:
         amp=args.amp,
     )
     train_set, val_set = split(dataset, config.val_fraction, config.seed)
+    del dataset  # the split holds copies: keep one set of images in memory
     preprocessing = fit_preprocessing(train_set.images)
     generator = seed_everything(config.seed)
-    channels = dataset.images.shape[-1]
+    labels = train_set.labels
     try:
-        model = SimpleLN_CNN(channels, len(dataset.labels), args.widths, args.norm, args.eps)
+        model = SimpleLN_CNN(preprocessing.channels, len(labels), args.widths, args.norm, args.eps)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if min(preprocessing.height, preprocessing.width) < model.config.min_input_size:
@@ -150,7 +151,7 @@ def run_train(args: argparse.Namespace) -> int:
         model, train_set, val_set, preprocessing, config, generator, progress=not args.no_progress
     )
     summary["data"] = "digits" if args.data is None else str(args.data)
-    path = save_checkpoint(args.out, model, preprocessing, dataset.labels, summary)
+    path = save_checkpoint(args.out, model, preprocessing, labels, summary)
     print(
         f"validation accuracy {summary['val_accuracy']:.4f} "
         f"({summary['val_samples']} images, {summary['seconds']:.1f} s); checkpoint: {path}"

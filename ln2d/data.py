@@ -64,12 +64,19 @@ class Preprocessing:
         return normalise(images, self.mean, self.std)
 
 
-def fit_preprocessing(images: np.ndarray) -> Preprocessing:
-    """Per-channel mean and std of uint8 ``(N, H, W, C)`` images already at the model's size."""
-    x = images.astype(np.float64) / 255.0
-    mean = x.mean(axis=(0, 1, 2))
-    std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3)
-    _, height, width, channels = images.shape
+def fit_preprocessing(images: np.ndarray, chunk: int = 1024) -> Preprocessing:
+    """Per-channel mean and std of uint8 ``(N, H, W, C)`` images already at the model's size,
+    summed ``chunk`` images at a time: never a float copy of the whole set."""
+    count, height, width, channels = images.shape
+    total = np.zeros(channels)
+    squares = np.zeros(channels)
+    for start in range(0, count, chunk):
+        x = images[start : start + chunk].reshape(-1, channels).astype(np.float64) / 255.0
+        total += x.sum(axis=0)
+        squares += np.square(x).sum(axis=0)
+    pixels = count * height * width
+    mean = total / pixels
+    std = np.maximum(np.sqrt(np.maximum(squares / pixels - mean**2, 0.0)), 1e-3)
     return Preprocessing(channels, height, width, tuple(mean.tolist()), tuple(std.tolist()))
 
 
@@ -92,20 +99,24 @@ def load_image_folder(root: Path, channels: int, height: int, width: int) -> Dat
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UserError(f"{root} has no class sub-folders (expected ROOT/<class>/<image>)")
-    images, targets = [], []
-    for index, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(path) as image:
-                    images.append(to_pixels(image, channels, height, width))
-            except (UnidentifiedImageError, OSError) as exc:
-                raise UserError(f"cannot read image {path}: {exc}") from exc
-            targets.append(index)
-    if not images:
+    files = [
+        (path, index)
+        for index, name in enumerate(classes)
+        for path in sorted((root / name).iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not files:
         raise UserError(f"{root} contains no images with suffixes {sorted(IMAGE_SUFFIXES)}")
-    return Dataset(np.stack(images), np.asarray(targets, np.int64), tuple(classes))
+    # One uint8 array filled in place: no list of images stacked into a second copy.
+    images = np.empty((len(files), height, width, channels), np.uint8)
+    for i, (path, _) in enumerate(files):
+        try:
+            with Image.open(path) as image:
+                images[i] = to_pixels(image, channels, height, width)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UserError(f"cannot read image {path}: {exc}") from exc
+    targets = np.asarray([index for _, index in files], np.int64)
+    return Dataset(images, targets, tuple(classes))
 
 
 def split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:

@@ -41,8 +41,11 @@ def normalise(
     pixels: np.ndarray, mean: Sequence[float], std: Sequence[float], scale: float = SCALE
 ) -> np.ndarray:
     """uint8 ``(..., H, W, C)`` -> float32 ``(..., C, H, W)``, scaled and standardised."""
-    x = pixels.astype(np.float32) * np.float32(scale)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    x = pixels.astype(np.float32)
+    # In place: one float buffer besides the result, whatever the batch.
+    x *= np.float32(scale)
+    x -= np.asarray(mean, np.float32)
+    x /= np.asarray(std, np.float32)
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 

@@ -167,7 +167,7 @@ def test_a_huge_finite_value_is_normalised_not_overflowed():
     torch.testing.assert_close(y.double(), reference(x, weight, bias, 1e-6), atol=1e-5, rtol=1e-5)
 
 
-def test_double_backward_raises_one_clear_error_on_the_kernel():
+def test_differentiating_twice_raises_one_clear_error_on_the_kernel():
     x, weight, bias, _ = inputs((1, 4, 3, 3), seed=4)
     x.requires_grad_()
     (dx,) = torch.autograd.grad(layer_norm_2d(x, weight, bias, 1e-6).square().sum(), x,

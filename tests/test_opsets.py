@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ln2d import LayerNorm2d
 from ln2d.export.fusion import fuse_model
 from ln2d.export.fusion.targets import TARGETS
 from tests import norm_styles
@@ -35,7 +36,17 @@ class PermuteLayerNorm(norm_styles._Affine):
         return y.permute(0, 3, 1, 2)
 
 
-STYLES = {**norm_styles.STYLES, "permute_layernorm": PermuteLayerNorm}
+def ln2d_layer(channels: int, eps: float, affine: str) -> LayerNorm2d:
+    """ln2d's own layer, whose eager forward is a C kernel: while exporting it is the formula."""
+    norm = LayerNorm2d(channels, eps)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.uniform_(-0.5, 0.5, generator=g)
+    return norm
+
+
+STYLES = {**norm_styles.STYLES, "permute_layernorm": PermuteLayerNorm, "ln2d": ln2d_layer}
 
 
 @functools.cache

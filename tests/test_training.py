@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 
 from ln2d.checkpoint import load_checkpoint, save_checkpoint
-from ln2d.data import fit_preprocessing, load_digits, split
+from ln2d.data import Dataset, fit_preprocessing, load_digits, split
 from ln2d.model import SimpleLN_CNN
 from ln2d.training import TrainConfig, accuracy, predict_logits, seed_everything, train
 
@@ -62,3 +65,61 @@ def test_digits_preprocessing_is_documented_shape():
     # White ink on black: the brightest pixel is full scale, the left border is background.
     assert data.images.max() == 255
     assert (data.images[:, :, 0] == 0).mean() > 0.95
+
+
+def test_training_keeps_images_uint8_until_a_batch():
+    # 3,000 64x64 RGB images: 37 MB as uint8, 147 MB as float32. numpy's buffers are traced
+    # (tracemalloc sees them): training may hold batches, never a float copy of the set.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3000, 64, 64, 3), np.uint8)
+    targets = rng.integers(0, 4, 3000).astype(np.int64)
+    data = Dataset(images, targets, tuple("abcd"))
+    train_set, val_set = data.subset(np.arange(2500)), data.subset(np.arange(2500, 3000))
+    pre = fit_preprocessing(train_set.images)
+    model = SimpleLN_CNN(3, 4, (8, 8, 8))
+    float_copy = images.size * 4
+    config = TrainConfig(epochs=1, batch_size=256)
+    # A first step on eight images: torch imports what it imports lazily outside the count.
+    few = np.arange(8)
+    train(model, train_set.subset(few), val_set.subset(few), pre, config, seed_everything(0), False)
+    tracemalloc.start()
+    try:
+        train(model, train_set, val_set, pre, config, seed_everything(0), False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < float_copy / 2, f"peak {peak / 2**20:.0f} MiB traced during training"
+
+
+def test_fit_preprocessing_in_chunks_equals_the_whole_set_at_once():
+    images = np.random.default_rng(1).integers(0, 256, (300, 5, 7, 3), np.uint8)
+    pre = fit_preprocessing(images, chunk=64)
+    whole = images.astype(np.float64) / 255.0
+    np.testing.assert_allclose(pre.mean, whole.mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(pre.std, whole.std(axis=(0, 1, 2)), rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"channels_last": True}, torch.channels_last),
+        ({"amp": "bf16"}, torch.contiguous_format),
+    ],
+)
+def test_channels_last_and_bf16_training_learn_and_come_back_nchw(flags, expected):
+    train_set, val_set = split(load_digits(), 0.2, 0)
+    pre = fit_preprocessing(train_set.images)
+    model = SimpleLN_CNN(1, 10, (16, 32, 64))
+    seen = []
+    model.features[0][1].register_forward_pre_hook(
+        lambda module, args: seen.append(
+            (args[0].dtype, args[0].is_contiguous(memory_format=expected))
+        )
+    )
+    config = TrainConfig(epochs=3, seed=0, **flags)
+    summary = train(model, train_set, val_set, pre, config, seed_everything(0), False)
+    assert summary["val_accuracy"] >= 0.90
+    dtype = torch.bfloat16 if flags.get("amp") == "bf16" else torch.float32
+    assert seen and all(d == dtype and laid_out for d, laid_out in seen)
+    conv = model.features[0][0].weight
+    assert conv.device.type == "cpu" and conv.is_contiguous()  # as checkpoints store it

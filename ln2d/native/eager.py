@@ -1,5 +1,5 @@
 """ctypes bindings of ``layernorm2d_eager.c``: LayerNorm2d's forward and backward for PyTorch's
-eager mode, on raw contiguous NCHW or NHWC buffers (``ln2d.functional`` passes the tensors' pointers).
+eager mode, on raw contiguous NCHW or NHWC buffers (``ln2d.functional`` passes the pointers).
 
 Torch-free: the element types are codes, the buffers addresses.
 """
@@ -34,8 +34,9 @@ def library() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(str(path))
     lib.ln2d_supports.argtypes = [_INT]
-    lib.ln2d_layernorm2d_forward.argtypes = [_INT, _INT, *[_POINTER] * 6, *[_INT64] * 3, _DOUBLE, _INT]
-    lib.ln2d_layernorm2d_backward.argtypes = [_INT, _INT, *[_POINTER] * 8, *[_INT64] * 3, _INT]
+    sizes = [_INT64] * 3  # images, channels, plane
+    lib.ln2d_layernorm2d_forward.argtypes = [_INT, _INT, *[_POINTER] * 6, *sizes, _DOUBLE, _INT]
+    lib.ln2d_layernorm2d_backward.argtypes = [_INT, _INT, *[_POINTER] * 8, *sizes, _INT]
     return lib
 
 
