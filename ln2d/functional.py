@@ -21,6 +21,8 @@ and computes the statistics in fp32 (fp64 for fp64) whatever the storage type.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -112,10 +114,10 @@ class _PyTorchLayerNorm2d(torch.autograd.Function):
         nhwc = x.permute(0, 2, 3, 1)  # contiguous for channels_last input, else copied inside
         # autocast would copy the input to fp32 and hand back fp32; this layer keeps its
         # input's dtype and computes its statistics in fp32 anyway.
-        with torch.autocast(x.device.type, enabled=False):
+        autocast = torch.is_autocast_enabled(x.device.type)
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
             y, mean, rstd = torch.native_layer_norm(nhwc, nhwc.shape[-1:], weight, bias, eps)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.eps = eps
         return _own(y.permute(0, 3, 1, 2))
 
     @staticmethod

@@ -333,3 +333,20 @@ def test_distributed_data_parallel_gets_the_same_gradients():
         dist.destroy_process_group()
     for p, grad in zip(net.parameters(), expected, strict=True):
         torch.testing.assert_close(p.grad, grad)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and a CUDA torch")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_cuda_matches_the_cpu(layout, dtype):
+    x, weight, bias, dy = inputs((4, 96, 14, 14), seed=10, offset=3.0, layout=layout, dtype=dtype)
+    cpu = forward_and_grads(lambda *a: layer_norm_2d(*a, 1e-6), x, weight, bias, dy)
+    cuda = forward_and_grads(
+        lambda *a: layer_norm_2d(*a, 1e-6), x.cuda(), weight.cuda(), bias.cuda(), dy.cuda()
+    )
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    for on_cpu, on_gpu in zip(cpu, cuda, strict=True):
+        torch.testing.assert_close(
+            on_gpu.cpu().float(), on_cpu.float(), atol=tolerance, rtol=tolerance
+        )
