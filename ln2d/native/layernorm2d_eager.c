@@ -1,4 +1,5 @@
-/* LayerNorm2d's forward and backward for PyTorch's eager mode, on contiguous NCHW buffers.
+/* LayerNorm2d's forward and backward for PyTorch's eager mode, on contiguous NCHW or NHWC
+ * (channels_last) buffers.
  *
  * PyTorch has no kernel that normalises over a non-innermost axis: F.layer_norm needs C last
  * (a transpose copy for NCHW), and var_mean over dim 1 of NCHW is a slow strided reduction.
@@ -6,7 +7,8 @@
  * sequential, the compiler vectorises the pixel loop, and the block stays in cache between
  * the passes over it: forward reads X once from memory and writes Y; backward reads X and dY
  * once and writes dX. What backward needs is X plus a mean and an inverse deviation per pixel,
- * as for F.layer_norm.
+ * as for F.layer_norm. NHWC rows are the simple case, one pixel's channels after another; they
+ * are here for fp16 / bf16, whose parameter gradients PyTorch's CPU kernel sums in bf16.
  *
  * Numerics: two passes per pixel, the mean and then the centred squares, so there is no
  * cancellation whatever the offset; sums over the channels go CHUNK channels at a time in float,
