@@ -105,3 +105,32 @@ def test_three_channel_digits_train_an_rgb_model(tmp_path):
     assert info["architecture"]["in_channels"] == 3 and info["preprocessing"]["channels"] == 3
     evaluated = run_cli("eval", str(ckpt))  # the digits validation split, as RGB
     assert evaluated.returncode == 0 and evaluated.stdout.startswith("accuracy ")
+
+
+def test_cuda_training_without_a_gpu_is_one_line():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda trains")
+    _assert_one_line_error(run_cli("train", "--device", "cuda"), "sees no CUDA GPU")
+
+
+def test_bench_train_prints_its_table_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli(
+        "bench-train", "--shapes", "2x8x4x4", "--dtypes", "fp32", "--networks", "",
+        "--no-compile", "--seconds", "0.01", "--no-progress", "--json", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "ln2d (A/A)" in result.stdout and "timm permute" in result.stdout
+    report = json.loads(out.read_text())
+    (group,) = report["layer"]
+    assert group["shape"] == [2, 8, 4, 4] and report["networks"] == []
+    # The formula keeps three input-sized tensors for backward; ln2d's layer only the input.
+    assert group["saved_vs_input"]["formula"] > 2.9 > 1.4 > group["saved_vs_input"]["ln2d"]
+
+
+def test_bench_train_refuses_an_unknown_network():
+    _assert_one_line_error(
+        run_cli("bench-train", "--networks", "resnet"), "unknown dtype or network"
+    )
