@@ -13,8 +13,7 @@
  * Numerics: two passes per pixel, the mean and then the centred squares, so there is no
  * cancellation whatever the offset; sums over the channels go CHUNK channels at a time in float,
  * then in double; fp16 and bf16 values are widened to float (statistics, parameters and their
- * gradients stay fp32), fp64 stays fp64. The parameters' gradients are summed per block of
- * pixels, then in double.
+ * gradients stay fp32), fp64 stays fp64. The parameters' gradients are summed in double.
  * A NaN or Inf anywhere in a pixel's channels makes that pixel NaN, as in F.layer_norm.
  *
  * Called through ctypes (ln2d/native/eager.py): no Python or PyTorch header is needed. It runs
@@ -132,7 +131,8 @@ static inline uint16_t bf16_store(float f) {
       for (int64_t i = 0; i < count; i++) g_part[i] = gx_part[i] = 0;                         \
       for (int64_t c = c0; c < C && c < c0 + CHUNK; c++) {                                    \
         const T *xr = x + c * plane, *dyr = dy + c * plane;                                   \
-        F w = weight ? weight[c] : (F)1, dw = 0, db = 0;                                      \
+        F w = weight ? weight[c] : (F)1;                                                      \
+        double dw = 0, db = 0; /* over the block's pixels: in double, vectorised or not */   \
         _Pragma("omp simd reduction(+ : dw, db)") for (int64_t i = 0; i < count; i++) {       \
           F xhat = ((F)LOAD(xr[i]) - mean[i]) * rstd[i], g = (F)LOAD(dyr[i]);                 \
           dw += g * xhat;                                                                     \
