@@ -262,7 +262,7 @@ def _eager_timings(point: dict, module, device: str, options: BenchOptions) -> d
     runners = {"eager": _eager(module, x)}
     if point["network"] == "ln2d":
         copy = torch.empty_like(x)
-        runners["copy"] = _synchronised(lambda: copy.copy_(x), device)
+        runners["copy"] = synchronised(lambda: copy.copy_(x), device)
     if options.fp16 and device == "cuda":
         runners[FP16 + "eager"] = _eager(_half_copy(module), x.half())
     return timing.interleaved(runners, options.seconds)
@@ -279,10 +279,10 @@ def _eager(module: torch.nn.Module, x: torch.Tensor) -> timing.Runner:
         with torch.inference_mode():
             return module(x)
 
-    return _synchronised(run, x.device.type)
+    return synchronised(run, x.device.type)
 
 
-def _synchronised(run: timing.Runner, device: str) -> timing.Runner:
+def synchronised(run: timing.Runner, device: str) -> timing.Runner:
     """On CUDA the clock stops when the kernels are done, not when they are queued."""
     if device != "cuda":
         return run

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ln2d.cpu_quota import available_cpus
 from ln2d.export import timing
+from ln2d.export.bench import synchronised
 from ln2d.export.bench_models import NETWORKS, build, with_norm
 from ln2d.functional import layer_norm_2d, layer_norm_2d_formula
 from ln2d.layers import LayerNorm2d
@@ -137,7 +138,7 @@ def _layer_group(shape, dtype_name: str, options: TrainBenchOptions) -> dict:
         grad = dy.contiguous(memory_format=LAYOUTS[layout])
         run = _fwd_bwd(function, x, params, grad)
         run()  # compiles, where it does, before anything is measured
-        saved[name] = _saved_bytes(function, x, params) / (x.numel() * x.element_size())
+        saved[name] = saved_bytes(function, x, params) / (x.numel() * x.element_size())
         if device.type == "cuda":
             peak[name] = _peak_mb(run)
         runners[name] = run
@@ -159,10 +160,10 @@ def _fwd_bwd(function: NormFunction, x, params, dy) -> timing.Runner:
     def run():
         torch.autograd.grad(function(x, *params), inputs, dy)
 
-    return _synchronised(run, x.device.type)
+    return synchronised(run, x.device.type)
 
 
-def _saved_bytes(function: NormFunction, x, params) -> int:
+def saved_bytes(function: NormFunction, x, params) -> int:
     """Bytes autograd keeps for backward: each saved tensor's storage, counted once."""
     storages = {}
 
@@ -226,14 +227,7 @@ def _training_step(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> 
         loss.backward()
         optimizer.step()
 
-    return _synchronised(step, x.device.type)
-
-
-def _synchronised(run: timing.Runner, device: str) -> timing.Runner:
-    """On CUDA the clock stops when the kernels are done, not when they are queued."""
-    if device != "cuda":
-        return run
-    return lambda: (run(), torch.cuda.synchronize())
+    return synchronised(step, x.device.type)
 
 
 def _machine(options: TrainBenchOptions) -> dict:
@@ -306,15 +300,7 @@ def table(report: dict) -> str:
         head = ["variant", "input", "ms", "ln2d / variant", "saved"]
         if group["peak_mb"]:
             head.append("peak MB")
-        lines += [
-            "",
-            f"### {shape} {group['dtype']} (A/A {group['aa_ratio']:.3f}"
-            + "!" * timing.noisy(group["aa_ratio"])
-            + ")",
-            "",
-            _row(head),
-            _row(["---"] * len(head)),
-        ]
+        lines += _heading(f"{shape} {group['dtype']}", group["aa_ratio"], head)
         for name, value in ms.items():
             row = [name, group["layouts"][name], f"{value:.3f}", f"{base / value:.2f}"]
             row.append(f"{group['saved_vs_input'][name]:.2f}x")
@@ -324,15 +310,8 @@ def table(report: dict) -> str:
     for group in report["networks"]:
         ms = group["median_ms"]
         shape = "x".join(map(str, group["input"]))
-        lines += [
-            "",
-            f"### Training step, {group['network']} {shape} (A/A {group['aa_ratio']:.3f}"
-            + "!" * timing.noisy(group["aa_ratio"])
-            + ")",
-            "",
-            _row(["norm", "ms / step", "vs batchnorm, same layout"]),
-            _row(["---"] * 3),
-        ]
+        head = ["norm", "ms / step", "vs batchnorm, same layout"]
+        lines += _heading(f"Training step, {group['network']} {shape}", group["aa_ratio"], head)
         for name, value in ms.items():
             layout = name.split()[1]
             lines.append(_row([name, f"{value:.2f}", f"{value / ms[f'batchnorm {layout}']:.2f}x"]))
@@ -354,6 +333,12 @@ def table(report: dict) -> str:
             f"{entry['norm_cost_ms']:.1f} ms a step (BatchNorm {entry['batchnorm_cost_ms']:.1f})"
         )
     return "\n".join(lines)
+
+
+def _heading(title: str, aa_ratio: float, head: list[str]) -> list[str]:
+    """A group's title with its A/A control, and its table's head."""
+    aa = f"A/A {aa_ratio:.3f}" + "!" * timing.noisy(aa_ratio)
+    return ["", f"### {title} ({aa})", "", _row(head), _row(["---"] * len(head))]
 
 
 def _row(cells: list[str]) -> str:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ln2d import LayerNorm2d
-from ln2d.functional import layer_norm_2d, native_applies
+from ln2d.export.bench_train import saved_bytes
+from ln2d.functional import layer_norm_2d, layer_norm_2d_formula, native_applies
 from tests.third_party import install_torchvision_placeholder
 
 LAYOUTS = {
@@ -188,20 +189,6 @@ def test_an_in_place_op_after_the_norm_is_allowed_and_right():
         torch.testing.assert_close(mine, pytorchs)
 
 
-def saved_bytes(function, x):
-    """Bytes autograd keeps for backward: every saved tensor's storage, counted once."""
-    storages = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        function(x)
-    return sum(storages.values())
-
-
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_keeps_the_input_and_two_numbers_per_pixel_for_backward(layout, dtype):
@@ -211,16 +198,11 @@ def test_keeps_the_input_and_two_numbers_per_pixel_for_backward(layout, dtype):
     pixel_stats = 2 * 4 * 14 * 14 * 4  # mean and rstd in fp32
     parameters = 2 * 96 * 4
     input_bytes = x.numel() * x.element_size()
-    assert saved_bytes(norm, x) <= input_bytes + pixel_stats + parameters
+    saved = saved_bytes(layer_norm_2d, x, [norm.weight, norm.bias, norm.eps])
+    assert saved <= input_bytes + pixel_stats + parameters
     # The formula written out keeps three tensors of the input's size (in fp32).
-    formula = saved_bytes(lambda t: norm_formula(norm, t), x)
+    formula = saved_bytes(layer_norm_2d_formula, x, [norm.weight, norm.bias, norm.eps])
     assert formula >= 2.9 * x.numel() * 4
-
-
-def norm_formula(norm, x):
-    from ln2d.functional import layer_norm_2d_formula
-
-    return layer_norm_2d_formula(x, norm.weight, norm.bias, norm.eps)
 
 
 @needs_native
