@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ln2d import LayerNorm2d
+from ln2d import LayerNorm2d, functional
 from ln2d.export.bench_train import saved_bytes
 from ln2d.functional import layer_norm_2d, layer_norm_2d_formula, native_applies
 from tests.third_party import install_torchvision_placeholder
@@ -332,3 +332,22 @@ def test_cuda_matches_the_cpu(layout, dtype):
         torch.testing.assert_close(
             on_gpu.cpu().float(), on_cpu.float(), atol=tolerance, rtol=tolerance
         )
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_without_the_kernel_pytorchs_kernels_take_every_layout(monkeypatch, layout, dtype):
+    # An install built without a C compiler (and CUDA, for NCHW) takes PyTorch's layer norm.
+    monkeypatch.setattr(functional, "native_applies", lambda x: False)
+    x, weight, bias, dy = inputs((2, 7, 3, 5), seed=11, offset=2.0, layout=layout, dtype=dtype)
+    params = (weight.to(dtype), bias.to(dtype)) if dtype == torch.float64 else (weight, bias)
+    ours = forward_and_grads(lambda *a: layer_norm_2d(*a, 1e-6), x, *params, dy)
+    exact = forward_and_grads(
+        lambda *a: reference(*a, 1e-6), x.double(), *(p.double() for p in params), dy.double()
+    )
+    tolerance = 1e-10 if dtype == torch.float64 else 0.1
+    for got, truth in zip(ours, exact, strict=True):
+        torch.testing.assert_close(got.double(), truth, atol=tolerance, rtol=tolerance)
+    if dtype == torch.float64:
+        args = [x.detach().requires_grad_(), *(p.detach().requires_grad_() for p in params)]
+        assert torch.autograd.gradcheck(lambda *a: layer_norm_2d(*a, 1e-5), args)
