@@ -24,6 +24,25 @@ def scalar(value: ir.Value | None) -> float | None:
     return None if array is None or array.size != 1 else float(array.reshape(()))
 
 
+def static_scalar(value: ir.Value | None) -> float | None:
+    """A scalar's value: a constant, or a static dimension read at run time through
+    Shape -> Gather (-> Cast), as TorchScript writes ``x.shape[1]``."""
+    known = scalar(value)
+    node = None if known is not None or value is None else value.producer()
+    if node is None:
+        return known
+    if node.op_type == "Cast":
+        return static_scalar(node.inputs[0])
+    shape = node.inputs[0].producer() if node.op_type == "Gather" else None
+    index = const_array(node.inputs[1]) if shape is not None else None
+    if shape is None or shape.op_type != "Shape" or index is None or index.size != 1:
+        return None
+    start = shape.attributes.get("start")
+    axis = int(index.reshape(())) + (start.as_int() if start is not None else 0)
+    dim = static_dim(shape.inputs[0], axis) if axis >= 0 else None
+    return None if dim is None else float(dim)
+
+
 def axes_are_input(op_type: str, opset: int) -> bool:
     """Whether a Reduce* op takes its axes as an input (ReduceSum from opset 13, the others
     from 18) rather than as an attribute."""

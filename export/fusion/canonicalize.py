@@ -5,12 +5,15 @@ Each rule is an algebraic identity that holds for any input, applied before matc
 - ``Div(1, s)                       -> Reciprocal(s)``      (TorchScript's rsqrt and 1 / s)
 - ``Mul(a, 1)``, ``Div(a, 1)``      ``-> a``                (onnxscript's no-op rules)
 - ``Div(ReduceSum(v, A), n)         -> ReduceMean(v, A)``   when n is the element count over A
+                                                             (a constant, or read from v's shape)
 - ``Reshape(Reduce(v, A, keepdims=0), s) -> Reduce(v, A, keepdims=1)`` when s is that shape
+- ``Unsqueeze(Reduce(v, A, keepdims=0), A) -> Reduce(v, A, keepdims=1)``
 - ``f(Expand(v, s), c)              -> Expand(f(v, c), s)`` for elementwise f and a scalar c
 - ``g(a, Expand(v, s))              -> g(a, v)``            when a already has the shape s
 
-The last four undo the dynamo exporter's decomposition of ``torch.var_mean``, which reduces
-without keepdims and broadcasts back with Reshape + Expand.
+The Unsqueeze rule undoes ``x.mean(1).unsqueeze(1)``. The ReduceSum, Reshape and Expand rules
+undo the dynamo exporter's decomposition of ``torch.var_mean``, which reduces without keepdims
+and broadcasts back with Reshape + Expand.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ln2d.export.fusion._ir import (
     scalar,
     shape_elements,
     static_dim,
+    static_scalar,
 )
 
 _ELEMENTWISE_WITH_SCALAR = ("Add", "Sub", "Mul", "Div", "Max")
@@ -70,10 +74,11 @@ class MeanFromSum(pattern.RewriteRuleClassBase):
     def check(self, context, v, n, total, **_):
         result = pattern.MatchResult()
         axes = reduce_axes(total.producer())
-        if axes is None or v.shape is None or scalar(n) is None:
+        count = static_scalar(n)
+        if axes is None or v.shape is None or count is None:
             return result.fail("axes, shape or divisor unknown")
         dims = [v.shape[a] for a in axes]
-        if not all(isinstance(d, int) for d in dims) or math.prod(dims) != scalar(n):
+        if not all(isinstance(d, int) for d in dims) or math.prod(dims) != count:
             return result.fail("divisor is not the element count")
         self._opset = model_opset(context)
         return result
@@ -112,6 +117,32 @@ class KeepDimsByReshape(pattern.RewriteRuleClassBase):
                     return result.fail(f"reshape puts {element} at reduced axis {axis}")
             elif not _is_dim(element, v, axis, reduced, kept.index(axis)):
                 return result.fail(f"reshape does not keep dimension {axis}")
+        self._opset = model_opset(context)
+        return result
+
+    def rewrite(self, op, reduced, **_):
+        node = reduced.producer()
+        return reduce(op, node, node.op_type, 1, self._opset)
+
+
+class KeepDimsByUnsqueeze(pattern.RewriteRuleClassBase):
+    """Unsqueeze(Reduce(v, A, keepdims=0), A) -> Reduce(v, A, keepdims=1): ``x.mean(1)``
+    followed by ``.unsqueeze(1)`` is ``x.mean(1, keepdim=True)``."""
+
+    def pattern(self, op, reduced):
+        return op.Unsqueeze(reduced, _allow_other_inputs=True, _outputs=["unsqueezed"])
+
+    def check(self, context, reduced, unsqueezed, **_):
+        result = pattern.MatchResult()
+        node = reduced.producer()
+        if node is None or node.op_type not in ("ReduceMean", "ReduceSum"):
+            return result.fail("not an unsqueezed reduction")
+        r, axes = rank(node.inputs[0]), reduce_axes(node)
+        inserted = reduce_axes(unsqueezed.producer())
+        if keepdims(node) != 0 or r is None or axes is None or inserted is None:
+            return result.fail("not a keepdims=0 reduction with known axes")
+        if sorted(a % r for a in axes) != sorted(a % r for a in inserted):
+            return result.fail("unsqueezes other axes than it reduced")
         self._opset = model_opset(context)
         return result
 
@@ -163,6 +194,7 @@ def canonical_rules() -> pattern.RewriteRuleSet:
         div_by_1_rule,
         MeanFromSum.rule(),
         KeepDimsByReshape.rule(),
+        KeepDimsByUnsqueeze.rule(),
         *(_expand_past(t, binary=True) for t in _ELEMENTWISE_WITH_SCALAR),
         *(_expand_past(t, binary=False) for t in _ELEMENTWISE_UNARY),
         *(_drop_expand(t) for t in ("Sub", "Mul", "Div")),

@@ -1,0 +1,165 @@
+"""Channels-first LayerNorms built from independent choices, and near-misses that are not one.
+
+A ``Recipe`` names one way to write each part of the norm: the mean, the variance, the
+normalisation, the affine, the storage dtype. ``GeneratedNorm(recipe, C)`` computes exactly
+that, so a generator (Hypothesis, in test_fusion_generated.py) can draw styles nobody listed.
+A ``near_miss`` recipe computes something that is *not* a biased-variance LayerNorm over C.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+MEANS = ("mean", "sum_div", "var_mean")
+DIMS = ("1", "-3", "(1,)")
+VARIANCES = (
+    "pow", "mul", "square", "second_moment", "second_moment_clamp", "var", "correction",
+    "var_mean",
+)  # fmt: skip
+NORMALISATIONS = ("div_sqrt", "mul_rsqrt", "mul_reciprocal_sqrt", "pow_minus_half")
+AFFINES = (
+    "index", "view", "reshape", "param_1c11", "weight_only", "bias_only", "none", "weight_last",
+)  # fmt: skip
+DTYPES = ("fp32", "fp16_storage")
+NEAR_MISSES = (
+    None, "unbiased", "eps_outside_sqrt", "other_axis", "rms", "per_pixel_scale", "eps_input",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Recipe:
+    mean: str = "mean"
+    dim: str = "1"
+    keepdim: bool = True  # else keepdim=False and unsqueeze(1) back
+    variance: str = "pow"
+    normalise: str = "div_sqrt"
+    affine: str = "index"
+    dtype: str = "fp32"
+    near_miss: str | None = None
+
+    def __str__(self) -> str:
+        parts = [self.mean, f"dim={self.dim}", "keepdim" if self.keepdim else "unsqueeze"]
+        parts += [self.variance, self.normalise, self.affine, self.dtype]
+        return "/".join(parts + ([f"NEAR-MISS:{self.near_miss}"] if self.near_miss else []))
+
+
+class GeneratedNorm(nn.Module):
+    def __init__(self, recipe: Recipe, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.recipe, self.eps = recipe, eps
+        g = torch.Generator().manual_seed(0)
+        shape = (1, channels, 1, 1) if recipe.affine == "param_1c11" else (channels,)
+        self.weight = nn.Parameter(torch.empty(shape).uniform_(0.5, 1.5, generator=g))
+        self.bias = nn.Parameter(torch.empty(shape).uniform_(-0.5, 0.5, generator=g))
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        storage = x.dtype
+        if self.recipe.dtype == "fp16_storage":
+            x = x.float()
+        y = self._affine(self._normalised(x))
+        return y.to(storage)
+
+    # ---- the parts ----
+
+    def _dim(self):
+        axis = 2 if self.recipe.near_miss == "other_axis" else 1
+        return {"1": axis, "-3": axis - 4, "(1,)": (axis,)}[self.recipe.dim]
+
+    def _reduce(self, v: torch.Tensor, how: str = "mean") -> torch.Tensor:
+        """The channel mean of v, written the recipe's way."""
+        r, dim = self.recipe, self._dim()
+        if how == "sum_div":
+            out = v.sum(dim, keepdim=r.keepdim) / v.shape[1]
+        else:
+            out = v.mean(dim, keepdim=r.keepdim)
+        return out if r.keepdim else out.unsqueeze(1)
+
+    def _var_mean(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.recipe
+        var, mean = torch.var_mean(x, dim=self._dim(), keepdim=r.keepdim, unbiased=False)
+        return (var, mean) if r.keepdim else (var.unsqueeze(1), mean.unsqueeze(1))
+
+    def _statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.recipe
+        if r.near_miss == "rms":
+            return torch.zeros_like(x[:, :1]), self._reduce(x * x)
+        if r.near_miss == "unbiased":
+            return self._reduce(x), x.var(self._dim(), keepdim=True, unbiased=True)
+        if r.mean == "var_mean":
+            var, mean = self._var_mean(x)
+            return mean, var
+        mean = self._reduce(x, r.mean)
+        d = x - mean
+        if r.variance == "pow":
+            var = self._reduce(d.pow(2))
+        elif r.variance == "mul":
+            var = self._reduce(d * d)
+        elif r.variance == "square":
+            var = self._reduce(d.square())
+        elif r.variance in ("second_moment", "second_moment_clamp"):
+            var = self._reduce(x * x) - mean * mean
+            if r.variance == "second_moment_clamp":
+                var = var.clamp(min=0)
+        elif r.variance == "var":
+            var = x.var(self._dim(), keepdim=True, unbiased=False)
+        elif r.variance == "correction":
+            var = x.var(self._dim(), keepdim=True, correction=0)
+        else:  # var_mean for the variance alone
+            var = self._var_mean(x)[0]
+        return mean, var
+
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.recipe
+        mean, var = self._statistics(x)
+        d = x - mean
+        eps = self.eps
+        if r.near_miss == "eps_input":
+            eps = x.detach().abs().amax() * 0 + self.eps  # computed in the graph, not a constant
+        if r.near_miss == "eps_outside_sqrt":
+            return d / (torch.sqrt(var) + eps)
+        if r.normalise == "div_sqrt":
+            return d / torch.sqrt(var + eps)
+        if r.normalise == "mul_rsqrt":
+            return d * torch.rsqrt(var + eps)
+        if r.normalise == "mul_reciprocal_sqrt":
+            return d * torch.reciprocal(torch.sqrt(var + eps))
+        return d * (var + eps) ** -0.5
+
+    def _affine(self, y: torch.Tensor) -> torch.Tensor:
+        r, w, b = self.recipe, self.weight, self.bias
+        if r.near_miss == "per_pixel_scale":
+            return y * y.detach().amax(1, keepdim=True)
+        c = y.shape[1]
+        if r.affine == "none":
+            return y
+        if r.affine == "param_1c11":
+            return y * w + b
+        if r.affine == "view":
+            w, b = w.view(1, -1, 1, 1), b.view(1, -1, 1, 1)
+        elif r.affine == "reshape":
+            w, b = w.reshape(1, c, 1, 1), b.reshape(1, c, 1, 1)
+        else:
+            w, b = w[:, None, None], b[:, None, None]
+        if r.affine == "weight_only":
+            return y * w
+        if r.affine == "bias_only":
+            return y + b
+        if r.affine == "weight_last":
+            return w * y + b
+        return y * w + b
+
+
+class Wrapped(nn.Module):
+    """The norm between two convolutions, as it sits in a real network."""
+
+    def __init__(self, recipe: Recipe, channels: int = 12) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(3, channels, 3, padding=1)
+        self.norm = GeneratedNorm(recipe, channels)
+        self.conv_out = nn.Conv2d(channels, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(torch.relu(self.norm(self.conv_in(x))))

@@ -1,0 +1,106 @@
+"""The matcher against channels-first LayerNorms generated from independent choices.
+
+Hypothesis draws a recipe (tests/generated_norms.py: the mean, the variance, the
+normalisation, the affine, the dtype), an exporter and an opset; the network is exported and
+fused for every target the opset allows. A LayerNorm must fuse at every target with the gate
+passing and compute what the module computes; a near-miss must come back byte for byte. The
+module's teardown states the coverage: how many distinct combinations ran, and how many fused.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ln2d.export.fusion import fuse_model
+from ln2d.export.fusion.targets import TARGETS
+from tests.generated_norms import (
+    AFFINES,
+    DIMS,
+    DTYPES,
+    MEANS,
+    NEAR_MISSES,
+    NORMALISATIONS,
+    VARIANCES,
+    Recipe,
+    Wrapped,
+)
+from tests.onnx_helpers import export, run
+
+pytestmark = pytest.mark.integration
+
+EXPORTS = [("torchscript", o) for o in (13, 15, 17, 18)] + [("dynamo", o) for o in (18, 23)]
+# Below opset 17 there is no LayerNormalization: the cuda and portable targets refuse (and say
+# why, tests/test_opsets.py); the cpu targets fuse to standard ops or ln2d's own op.
+LAYERNORMALIZATION_TARGETS = ("cuda", "portable")
+
+recipes = st.builds(
+    Recipe,
+    mean=st.sampled_from(MEANS),
+    dim=st.sampled_from(DIMS),
+    keepdim=st.booleans(),
+    variance=st.sampled_from(VARIANCES),
+    normalise=st.sampled_from(NORMALISATIONS),
+    affine=st.sampled_from(AFFINES),
+    dtype=st.sampled_from(DTYPES),
+    near_miss=st.sampled_from(NEAR_MISSES),
+)
+
+COVERAGE: dict[str, Counter] = {"ran": Counter(), "fused": Counter(), "left": Counter()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def state_coverage(request):
+    yield
+    ran = COVERAGE["ran"]
+    line = (
+        f"generated LayerNorm2d styles: {len(ran)} distinct combinations ran "
+        f"({sum(ran.values())} exports x targets), {len(COVERAGE['fused'])} fused at every "
+        f"target, {len(COVERAGE['left'])} near-misses left byte for byte"
+    )
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
+def _targets(opset: int) -> list[str]:
+    return [t for t in TARGETS if opset >= 17 or t not in LAYERNORMALIZATION_TARGETS]
+
+
+@settings(
+    max_examples=24,
+    deadline=None,
+    derandomize=True,  # the same combinations on every run: a failure reproduces
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(recipe=recipes, exported=st.sampled_from(EXPORTS))
+def test_every_generated_layernorm_fuses_and_every_near_miss_is_left(recipe, exported):
+    exporter, opset = exported
+    module = Wrapped(recipe).eval()
+    half = recipe.dtype == "fp16_storage"
+    if half:
+        module = module.half()
+    x = torch.randn(2, 3, 9, 7)
+    x = x.half() if half else x
+    model = export(module, x, exporter, opset)
+    combination = f"{recipe} {exporter}-{opset}"
+    for target in _targets(opset):
+        COVERAGE["ran"][combination] += 1
+        fused, report = fuse_model(model, target)  # the gate runs: FusionError if it fails
+        if recipe.near_miss:
+            assert not report.fused, f"{combination} {target}: {report.table()}"
+            assert fused.SerializeToString() == model.SerializeToString()
+            continue
+        assert [s.status for s in report.fused] in (["fused"], ["already_fused"]), (
+            f"{combination} {target}: {report.table()}"
+        )
+        expected = module(x).detach().float().numpy()
+        tolerance = 2e-2 if half else 2e-4
+        got = run(fused, x.numpy()).astype(np.float32)
+        np.testing.assert_allclose(got, expected, atol=tolerance, rtol=tolerance)
+    COVERAGE["left" if recipe.near_miss else "fused"][combination] += 1
