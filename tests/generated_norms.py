@@ -64,8 +64,11 @@ class GeneratedNorm(nn.Module):
 
     # ---- the parts ----
 
+    def _axis(self) -> int:
+        return 2 if self.recipe.near_miss == "other_axis" else 1
+
     def _dim(self):
-        axis = 2 if self.recipe.near_miss == "other_axis" else 1
+        axis = self._axis()
         return {"1": axis, "-3": axis - 4, "(1,)": (axis,)}[self.recipe.dim]
 
     def _reduce(self, v: torch.Tensor, how: str = "mean") -> torch.Tensor:
@@ -75,12 +78,14 @@ class GeneratedNorm(nn.Module):
             out = v.sum(dim, keepdim=r.keepdim) / v.shape[1]
         else:
             out = v.mean(dim, keepdim=r.keepdim)
-        return out if r.keepdim else out.unsqueeze(1)
+        return out if r.keepdim else out.unsqueeze(self._axis())
 
     def _var_mean(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.recipe
         var, mean = torch.var_mean(x, dim=self._dim(), keepdim=r.keepdim, unbiased=False)
-        return (var, mean) if r.keepdim else (var.unsqueeze(1), mean.unsqueeze(1))
+        if r.keepdim:
+            return var, mean
+        return var.unsqueeze(self._axis()), mean.unsqueeze(self._axis())
 
     def _statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.recipe

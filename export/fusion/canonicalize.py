@@ -3,6 +3,7 @@
 Each rule is an algebraic identity that holds for any input, applied before matching:
 
 - ``Div(1, s)                       -> Reciprocal(s)``      (TorchScript's rsqrt and 1 / s)
+- ``Pow(s, -0.5)``, ``Pow(s, 0.5)`` ``-> Reciprocal(Sqrt(s))``, ``Sqrt(s)``  (``s ** -0.5``)
 - ``Mul(a, 1)``, ``Div(a, 1)``      ``-> a``                (onnxscript's no-op rules)
 - ``Div(ReduceSum(v, A), n)         -> ReduceMean(v, A)``   when n is the element count over A
                                                              (a constant, or read from v's shape)
@@ -65,6 +66,21 @@ class ReciprocalByDivision(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, s, **_):
         return op.Reciprocal(s)
+
+
+class RootByPower(pattern.RewriteRuleClassBase):
+    """Pow(s, -0.5) -> Reciprocal(Sqrt(s)) and Pow(s, 0.5) -> Sqrt(s): ``(v + eps) ** -0.5``."""
+
+    def pattern(self, op, s, exponent):
+        return op.Pow(s, exponent)
+
+    def check(self, context, s, exponent, **_):
+        result = pattern.MatchResult()
+        return result if scalar(exponent) in (0.5, -0.5) else result.fail("not a square root")
+
+    def rewrite(self, op, s, exponent, **_):
+        root = op.Sqrt(s)
+        return root if scalar(exponent) > 0 else op.Reciprocal(root)
 
 
 class MeanFromSum(pattern.RewriteRuleClassBase):
@@ -190,6 +206,7 @@ def _drop_expand(op_type: str) -> pattern.RewriteRule:
 def canonical_rules() -> pattern.RewriteRuleSet:
     rules = [
         ReciprocalByDivision.rule(),
+        RootByPower.rule(),
         mul_by_1_rule,
         div_by_1_rule,
         MeanFromSum.rule(),
