@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,10 @@ def digits_onnx(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
     result = run_cli("export", str(digits_checkpoint), "-o", str(path), "--target", SERVED_TARGET)
     assert result.returncode == 0, result.stderr
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The generated-fusion test's coverage, when it ran (tests/test_fusion_generated.py)."""
+    generated = sys.modules.get("tests.test_fusion_generated")
+    if generated is not None and generated.COVERAGE["ran"]:
+        terminalreporter.write_line(generated.coverage_line())

@@ -3,7 +3,8 @@
 A ``Recipe`` names one way to write each part of the norm: the mean, the variance, the
 normalisation, the affine, the storage dtype. ``GeneratedNorm(recipe, C)`` computes exactly
 that, so a generator (Hypothesis, in test_fusion_generated.py) can draw styles nobody listed.
-A ``near_miss`` recipe computes something that is *not* a biased-variance LayerNorm over C.
+A ``near_miss`` recipe computes something that is *not* a biased-variance LayerNorm over C with
+a per-channel affine.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ AFFINES = (
     "index", "view", "reshape", "param_1c11", "weight_only", "bias_only", "none", "weight_last",
 )  # fmt: skip
 DTYPES = ("fp32", "fp16_storage")
-NEAR_MISSES = (
-    None, "unbiased", "eps_outside_sqrt", "other_axis", "rms", "per_pixel_scale", "eps_input",
-)  # fmt: skip
+NOT_A_LAYERNORM = ("unbiased", "eps_outside_sqrt", "other_axis", "rms", "eps_input")
+# A LayerNorm whose output is then scaled per pixel: the norm may fuse, the scale is no affine.
+NEAR_MISSES = (*NOT_A_LAYERNORM, "per_pixel_scale")
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ class GeneratedNorm(nn.Module):
         d = x - mean
         eps = self.eps
         if r.near_miss == "eps_input":
-            eps = x.detach().abs().amax() * 0 + self.eps  # computed in the graph, not a constant
+            # computed in the graph from the input, not a constant
+            eps = x.detach().abs().amax(dim=(1, 2, 3), keepdim=True) * 0 + self.eps
         if r.near_miss == "eps_outside_sqrt":
             return d / (torch.sqrt(var) + eps)
         if r.normalise == "div_sqrt":

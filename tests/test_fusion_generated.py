@@ -3,8 +3,9 @@
 Hypothesis draws a recipe (tests/generated_norms.py: the mean, the variance, the
 normalisation, the affine, the dtype), an exporter and an opset; the network is exported and
 fused for every target the opset allows. A LayerNorm must fuse at every target with the gate
-passing and compute what the module computes; a near-miss must come back byte for byte. The
-module's teardown states the coverage: how many distinct combinations ran, and how many fused.
+passing and compute what the module computes; a near-miss that is no LayerNorm must come back
+byte for byte, and a LayerNorm scaled per pixel fuses with the scale left outside the site. The
+terminal summary states the coverage: how many distinct combinations ran, and how many fused.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.generated_norms import (
     MEANS,
     NEAR_MISSES,
     NORMALISATIONS,
+    NOT_A_LAYERNORM,
     VARIANCES,
     Recipe,
     Wrapped,
@@ -48,24 +50,20 @@ recipes = st.builds(
     normalise=st.sampled_from(NORMALISATIONS),
     affine=st.sampled_from(AFFINES),
     dtype=st.sampled_from(DTYPES),
-    near_miss=st.sampled_from(NEAR_MISSES),
+    near_miss=st.none() | st.sampled_from(NEAR_MISSES),  # half are LayerNorms
 )
 
 COVERAGE: dict[str, Counter] = {"ran": Counter(), "fused": Counter(), "left": Counter()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def state_coverage(request):
-    yield
+def coverage_line() -> str:
+    """What ran, for the terminal summary (tests/conftest.py prints it)."""
     ran = COVERAGE["ran"]
-    line = (
+    return (
         f"generated LayerNorm2d styles: {len(ran)} distinct combinations ran "
-        f"({sum(ran.values())} exports x targets), {len(COVERAGE['fused'])} fused at every "
-        f"target, {len(COVERAGE['left'])} near-misses left byte for byte"
+        f"({sum(ran.values())} fusions, one per target), {len(COVERAGE['fused'])} fused at "
+        f"every target, {len(COVERAGE['left'])} near-misses left byte for byte"
     )
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
 
 
 def _targets(opset: int) -> list[str]:
@@ -73,7 +71,7 @@ def _targets(opset: int) -> list[str]:
 
 
 @settings(
-    max_examples=24,
+    max_examples=80,
     deadline=None,
     derandomize=True,  # the same combinations on every run: a failure reproduces
     suppress_health_check=[HealthCheck.too_slow],
@@ -92,15 +90,16 @@ def test_every_generated_layernorm_fuses_and_every_near_miss_is_left(recipe, exp
     for target in _targets(opset):
         COVERAGE["ran"][combination] += 1
         fused, report = fuse_model(model, target)  # the gate runs: FusionError if it fails
-        if recipe.near_miss:
-            assert not report.fused, f"{combination} {target}: {report.table()}"
+        where = f"{combination} {target}: {report.table()}"
+        if recipe.near_miss in NOT_A_LAYERNORM:
+            assert not report.fused, where
             assert fused.SerializeToString() == model.SerializeToString()
             continue
-        assert [s.status for s in report.fused] in (["fused"], ["already_fused"]), (
-            f"{combination} {target}: {report.table()}"
-        )
+        assert [s.status for s in report.fused] in (["fused"], ["already_fused"]), where
+        if recipe.near_miss == "per_pixel_scale":  # the norm fuses; the scale is no affine
+            assert report.fused[0].affine == "none", where
         expected = module(x).detach().float().numpy()
         tolerance = 2e-2 if half else 2e-4
         got = run(fused, x.numpy()).astype(np.float32)
         np.testing.assert_allclose(got, expected, atol=tolerance, rtol=tolerance)
-    COVERAGE["left" if recipe.near_miss else "fused"][combination] += 1
+    COVERAGE["left" if recipe.near_miss in NOT_A_LAYERNORM else "fused"][combination] += 1

@@ -9,6 +9,7 @@ Each rule is an algebraic identity that holds for any input, applied before matc
                                                              (a constant, or read from v's shape)
 - ``Reshape(Reduce(v, A, keepdims=0), s) -> Reduce(v, A, keepdims=1)`` when s is that shape
 - ``Unsqueeze(Reduce(v, A, keepdims=0), A) -> Reduce(v, A, keepdims=1)``
+- ``Reduce(v, axes=[-3])            -> Reduce(v, axes=[1])`` (axes non-negative and sorted)
 - ``f(Expand(v, s), c)              -> Expand(f(v, c), s)`` for elementwise f and a scalar c
 - ``g(a, Expand(v, s))              -> g(a, v)``            when a already has the shape s
 
@@ -41,10 +42,13 @@ _ELEMENTWISE_WITH_SCALAR = ("Add", "Sub", "Mul", "Div", "Max")
 _ELEMENTWISE_UNARY = ("Sqrt", "Reciprocal")
 
 
-def reduce(op, like: ir.Node, op_type: str, keep: int, opset: int) -> ir.Value:
-    """A copy of reduction ``like`` as ``op_type`` with ``keepdims=keep``, in the opset's form
-    (axes as attribute or input), other attributes kept so equal nodes stay equal for CSE."""
-    axes = reduce_axes(like)
+def reduce(
+    op, like: ir.Node, op_type: str, keep: int, opset: int, axes: list[int] | None = None
+) -> ir.Value:
+    """A copy of reduction ``like`` as ``op_type`` with ``keepdims=keep`` (and ``axes``, if
+    given), in the opset's form (axes as attribute or input), other attributes kept so equal
+    nodes stay equal for CSE."""
+    axes = reduce_axes(like) if axes is None else axes
     attributes = {k: v for k, v in like.attributes.items() if k not in ("axes", "keepdims")}
     if axes_are_input(op_type, opset):
         axes_value = op.Constant(value_ints=axes)
@@ -141,6 +145,29 @@ class KeepDimsByReshape(pattern.RewriteRuleClassBase):
         return reduce(op, node, node.op_type, 1, self._opset)
 
 
+class PlainAxes(pattern.RewriteRuleClassBase):
+    """Reduce(v, axes=[-3]) -> Reduce(v, axes=[1]): axes non-negative and sorted, so that two
+    means written ``dim=-3`` and ``dim=1`` become one node under CSE."""
+
+    def __init__(self, op_type: str) -> None:
+        super().__init__(f"PlainAxes{op_type}")
+        self._op_type = op_type
+
+    def pattern(self, op, v):
+        return getattr(op, self._op_type)(v, _allow_other_inputs=True, _outputs=["reduced"])
+
+    def check(self, context, v, reduced, **_):
+        axes, r = reduce_axes(reduced.producer()), rank(v)
+        if axes is None or r is None or sorted(a % r for a in axes) == axes:
+            return pattern.MatchResult().fail("axes unknown or already plain")
+        self._plain, self._opset = sorted(a % r for a in axes), model_opset(context)
+        return pattern.MatchResult()
+
+    def rewrite(self, op, reduced, **_):
+        node = reduced.producer()
+        return reduce(op, node, self._op_type, keepdims(node), self._opset, self._plain)
+
+
 class KeepDimsByUnsqueeze(pattern.RewriteRuleClassBase):
     """Unsqueeze(Reduce(v, A, keepdims=0), A) -> Reduce(v, A, keepdims=1): ``x.mean(1)``
     followed by ``.unsqueeze(1)`` is ``x.mean(1, keepdim=True)``."""
@@ -212,6 +239,7 @@ def canonical_rules() -> pattern.RewriteRuleSet:
         MeanFromSum.rule(),
         KeepDimsByReshape.rule(),
         KeepDimsByUnsqueeze.rule(),
+        *(PlainAxes.rule(t) for t in ("ReduceMean", "ReduceSum")),
         *(_expand_past(t, binary=True) for t in _ELEMENTWISE_WITH_SCALAR),
         *(_expand_past(t, binary=False) for t in _ELEMENTWISE_UNARY),
         *(_drop_expand(t) for t in ("Sub", "Mul", "Div")),
