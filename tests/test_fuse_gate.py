@@ -130,3 +130,21 @@ def test_shape_needs_tune(wrapped, tmp_path):
     _, path = wrapped
     result = run_cli("fuse", path, "-o", str(tmp_path / "o.onnx"), "--shape", "1,3,8,8")
     assert result.returncode == 2 and "--shape only applies with --tune" in result.stderr
+
+
+def test_a_graph_that_gives_nan_itself_passes_the_gate_unchanged():
+    # A network that is no LayerNorm may give NaN on the gate's random inputs (a square root
+    # of a negative number): the gate holds the result to the same NaNs, not to none.
+    from onnx import TensorProto, helper
+
+    shape = ["n", C, "h", "w"]
+    graph = helper.make_graph(
+        [helper.make_node("Sqrt", ["x"], ["y"])],
+        "sqrt",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    fused, report = fuse_model(model, "cpu")
+    assert not report.sites and report.verification["numerics"]["status"] == "pass"
+    assert fused.SerializeToString() == model.SerializeToString()
