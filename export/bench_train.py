@@ -14,6 +14,7 @@ medians) with an A/A control, ln2d's layer or network built a second time:
 from __future__ import annotations
 
 import copy
+import functools
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -107,11 +108,12 @@ def _timm_style(x, weight, bias, eps=1e-6):
 
 def _layer_variants(options: TrainBenchOptions) -> dict:
     """name -> (input layout, function of (x, weight, bias))."""
+    ln2d = functools.partial(layer_norm_2d, eps=1e-6)
     variants = {
-        LN2D: ("nchw", lambda x, w, b: layer_norm_2d(x, w, b, 1e-6)),
-        CONTROL: ("nchw", lambda x, w, b: layer_norm_2d(x, w, b, 1e-6)),
-        "ln2d channels_last": ("channels_last", lambda x, w, b: layer_norm_2d(x, w, b, 1e-6)),
-        "formula": ("nchw", lambda x, w, b: layer_norm_2d_formula(x, w, b, 1e-6)),
+        LN2D: ("nchw", ln2d),
+        CONTROL: ("nchw", ln2d),
+        "ln2d channels_last": ("channels_last", ln2d),
+        "formula": ("nchw", functools.partial(layer_norm_2d_formula, eps=1e-6)),
         "timm permute": ("nchw", _timm_style),
         "F.layer_norm channels_last": ("channels_last", _timm_style),
     }

@@ -139,11 +139,14 @@ def _own(view: torch.Tensor) -> torch.Tensor:
     return own.set_(view.untyped_storage(), view.storage_offset(), view.shape, view.stride())
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """What the C kernel computes in, and keeps statistics and parameters in, for ``x``."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _parameter(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
-    """A parameter as the C kernel reads it: contiguous, fp32 (fp64 for fp64 input)."""
-    if t is None:
-        return None
-    return t.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
+    """A parameter as the C kernel reads it: contiguous, in its compute dtype."""
+    return None if t is None else t.detach().to(_compute_dtype(x)).contiguous()
 
 
 def _shape(x: torch.Tensor) -> eager.Shape:
@@ -159,12 +162,11 @@ def _native_forward(x, weight, bias, eps, keep_statistics: bool):
     """y, and the per-pixel mean and rstd where kept (None otherwise)."""
     weight, bias = _parameter(weight, x), _parameter(bias, x)
     y = torch.empty_like(x)  # in x's layout
-    stat_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     n, _, h, w = x.shape
     mean = rstd = None
     if keep_statistics:
-        mean = x.new_empty((n, 1, h, w), dtype=stat_dtype)
-        rstd = x.new_empty((n, 1, h, w), dtype=stat_dtype)
+        mean = x.new_empty((n, 1, h, w), dtype=_compute_dtype(x))
+        rstd = x.new_empty((n, 1, h, w), dtype=_compute_dtype(x))
     if x.numel():
         eager.forward(
             _CODES[x.dtype], x.data_ptr(), _address(weight), _address(bias), y.data_ptr(),
