@@ -35,7 +35,8 @@ def digits_onnx(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The generated-fusion test's coverage, when it ran (tests/test_fusion_generated.py)."""
-    generated = sys.modules.get("tests.test_fusion_generated")
-    if generated is not None and generated.COVERAGE["ran"]:
-        terminalreporter.write_line(generated.coverage_line())
+    """The generated-fusion tests' coverage, where they ran (tests/generated_graphs.py)."""
+    generated = sys.modules.get("tests.generated_graphs")
+    for coverage in generated.Coverage.every if generated is not None else ():
+        if coverage.ran:
+            terminalreporter.write_line(coverage.line())

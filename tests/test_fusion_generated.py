@@ -10,8 +10,6 @@ terminal summary states the coverage: how many distinct combinations ran, and ho
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pytest
 import torch
@@ -19,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ln2d.export.fusion import fuse_model
-from ln2d.export.fusion.targets import TARGETS
+from tests.generated_graphs import Coverage, targets_at
 from tests.generated_norms import (
     AFFINES,
     DIMS,
@@ -37,10 +35,6 @@ from tests.onnx_helpers import export, run
 pytestmark = pytest.mark.integration
 
 EXPORTS = [("torchscript", o) for o in (13, 15, 17, 18)] + [("dynamo", o) for o in (18, 23)]
-# Below opset 17 there is no LayerNormalization: the cuda and portable targets refuse (and say
-# why, tests/test_opsets.py); the cpu targets fuse to standard ops or ln2d's own op.
-LAYERNORMALIZATION_TARGETS = ("cuda", "portable")
-
 recipes = st.builds(
     Recipe,
     mean=st.sampled_from(MEANS),
@@ -53,21 +47,7 @@ recipes = st.builds(
     near_miss=st.none() | st.sampled_from(NEAR_MISSES),  # half are LayerNorms
 )
 
-COVERAGE: dict[str, Counter] = {"ran": Counter(), "fused": Counter(), "left": Counter()}
-
-
-def coverage_line() -> str:
-    """What ran, for the terminal summary (tests/conftest.py prints it)."""
-    ran = COVERAGE["ran"]
-    return (
-        f"generated LayerNorm2d styles: {len(ran)} distinct combinations ran "
-        f"({sum(ran.values())} fusions, one per target), {len(COVERAGE['fused'])} fused at "
-        f"every target, {len(COVERAGE['left'])} near-misses left byte for byte"
-    )
-
-
-def _targets(opset: int) -> list[str]:
-    return [t for t in TARGETS if opset >= 17 or t not in LAYERNORMALIZATION_TARGETS]
+COVERAGE = Coverage("generated LayerNorm2d styles, exported")
 
 
 @settings(
@@ -87,8 +67,8 @@ def test_every_generated_layernorm_fuses_and_every_near_miss_is_left(recipe, exp
     x = x.half() if half else x
     model = export(module, x, exporter, opset)
     combination = f"{recipe} {exporter}-{opset}"
-    for target in _targets(opset):
-        COVERAGE["ran"][combination] += 1
+    for target in targets_at(opset):
+        COVERAGE.ran[combination] += 1
         fused, report = fuse_model(model, target)  # the gate runs: FusionError if it fails
         where = f"{combination} {target}: {report.table()}"
         if recipe.near_miss in NOT_A_LAYERNORM:
@@ -102,4 +82,4 @@ def test_every_generated_layernorm_fuses_and_every_near_miss_is_left(recipe, exp
         tolerance = 2e-2 if half else 2e-4
         got = run(fused, x.numpy()).astype(np.float32)
         np.testing.assert_allclose(got, expected, atol=tolerance, rtol=tolerance)
-    COVERAGE["left" if recipe.near_miss in NOT_A_LAYERNORM else "fused"][combination] += 1
+    (COVERAGE.left if recipe.near_miss in NOT_A_LAYERNORM else COVERAGE.fused).add(combination)

@@ -1,0 +1,110 @@
+"""The matcher against channels-first LayerNorms written as ONNX graphs from independent choices
+(tests/generated_graphs.py), no exporter: the fast slice of test_fusion_generated.py.
+
+Each drawn graph is fused for every target its opset allows. A LayerNorm must fuse with the
+gate passing and compute what a float64 LayerNorm computes; a near-miss that is no LayerNorm
+must come back byte for byte, with a rejection that names the node where it diverged.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from ln2d.export.fusion import fuse_model
+from tests.generated_graphs import (
+    AFFINES,
+    AXES,
+    DTYPES,
+    MEANS,
+    NEAR_MISSES,
+    NORMALISATIONS,
+    NOT_A_LAYERNORM,
+    PARAMETER_SHAPES,
+    RESHAPE_OPSET,
+    VARIANCES,
+    Coverage,
+    GraphRecipe,
+    build,
+    reference,
+    targets_at,
+)
+from tests.onnx_helpers import run
+
+OPSETS = (13, 15, 17, 18, 21, 23)
+COVERAGE = Coverage("generated LayerNorm2d styles, hand-built graphs")
+
+recipes = st.builds(
+    GraphRecipe,
+    mean=st.sampled_from(MEANS),
+    axis=st.sampled_from(AXES),
+    variance=st.sampled_from(VARIANCES),
+    normalise=st.sampled_from(NORMALISATIONS),
+    affine=st.sampled_from(AFFINES),
+    parameters=st.sampled_from(PARAMETER_SHAPES),
+    dtype=st.sampled_from(DTYPES),
+    after_conv=st.booleans(),
+    near_miss=st.none() | st.sampled_from(NEAR_MISSES),  # half are LayerNorms
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,  # the same combinations on every run: a failure reproduces
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(recipe=recipes, opset=st.sampled_from(OPSETS))
+def test_every_generated_graph_fuses_and_every_near_miss_is_left(recipe, opset):
+    assume(recipe.mean != "reshape" or opset >= RESHAPE_OPSET)
+    model = build(recipe, opset)
+    half = recipe.dtype == "fp16_storage"
+    x = np.random.default_rng(3).standard_normal((2, 3 if recipe.after_conv else 5, 6, 4))
+    x = (x * 2 + 0.5).astype(np.float16 if half else np.float32)
+    combination = f"{recipe} opset {opset}"
+    for target in targets_at(opset):
+        COVERAGE.ran[combination] += 1
+        fused, report = fuse_model(model, target)  # the gate runs: FusionError if it fails
+        where = f"{combination} {target}: {report.table()}"
+        if recipe.near_miss in NOT_A_LAYERNORM:
+            assert not report.fused, where
+            assert all("node '" in site.reason for site in report.rejected), where
+            assert fused.SerializeToString() == model.SerializeToString()
+            continue
+        assert [s.status for s in report.fused] == ["fused"], where
+        if recipe.near_miss == "per_pixel_scale":  # the norm fuses; the scale is no affine
+            assert report.fused[0].affine == "none", where
+        tolerance = 1e-2 if half else 1e-4
+        np.testing.assert_allclose(
+            run(fused, x).astype(np.float64),
+            reference(recipe, model, x),
+            atol=tolerance,
+            rtol=tolerance,
+            err_msg=where,
+        )
+    (COVERAGE.left if recipe.near_miss in NOT_A_LAYERNORM else COVERAGE.fused).add(combination)
+
+
+@pytest.mark.parametrize(
+    ("near_miss", "diverges_at"),
+    [
+        ("unbiased", "ReduceSum"),  # sum of squares over C - 1: no mean of the square
+        ("eps_outside_sqrt", "Sqrt"),  # the root comes before + eps
+        ("eps_input", "Add"),  # + eps, but eps is no constant
+        ("other_axis", "ReduceMean"),  # the mean is over H
+        ("rms", "ReduceMean"),  # a mean of squares nothing centred
+    ],
+)
+@pytest.mark.parametrize("variance", ["mul", "second_moment_max"])
+def test_a_rejection_names_the_node_where_the_pattern_diverged(near_miss, diverges_at, variance):
+    model = build(GraphRecipe(variance=variance, near_miss=near_miss), 18)
+    _, report = fuse_model(model)
+    (site,) = report.rejected
+    named = re.search(r"node '(\w+)' \((\w+), output '(\w+)'\)", site.reason)
+    assert named, site.reason
+    node = next(n for n in model.graph.node if n.name == named[1])
+    assert (node.op_type, named[2], list(node.output)) == (diverges_at, diverges_at, [named[3]])
