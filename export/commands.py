@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         _add_quantize,
         _add_bench,
         _add_bench_train,
+        _add_bench_fuse,
         _add_triton_repo,
     ):
         add(commands)
@@ -196,30 +198,67 @@ def _add_fuse(commands: argparse._SubParsersAction) -> None:
     fuse.add_argument(
         "--threads", type=int, default=0, help="--tune: intra-op threads (0 = the CPU quota)"
     )
+    fuse.add_argument(
+        "--external-data",
+        action="store_true",
+        help="write the weights to OUT.onnx.data beside the model (the default when IN.onnx "
+        "keeps its weights outside itself, and whenever they are over 2 GB)",
+    )
     fuse.add_argument("--report", type=Path, help="write the fusion report as JSON")
-    fuse.add_argument("--no-progress", action="store_true", help="no progress bar for --tune")
+    fuse.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (--tune, large models)"
+    )
     fuse.set_defaults(run=run_fuse, extra="export,cpu")
 
 
 def run_fuse(args: argparse.Namespace) -> int:
-    from ln2d.export import metadata
+    from ln2d.export import metadata, onnx_io
     from ln2d.export.fusion import lower, match, verify
-    from ln2d.export.onnx_io import load_model, raise_opset, save_model
 
     if args.shape and not args.tune:
         raise UserError("--shape only applies with --tune")
-    source = load_model(args.input)
-    matched = match(raise_opset(source, args.opset) if args.opset else source)
-    fused, report = _tuned(matched, args) if args.tune else lower(matched, args.target)
-    verify(source, fused, report)  # against the file as it came, opset raise included
-    target = "tune" if args.tune else args.target
-    if report.fused:
-        metadata.write(fused, report.entries(target))
-    save_model(fused, args.output)
+    progress = not args.no_progress
+    with onnx_io.opened(args.input, progress) as source:
+        stage = _stages(progress and onnx_io.tensor_bytes(source.proto) > onnx_io.SPILL_BYTES)
+        stage("matching")
+        model = onnx_io.raise_opset(source.proto, args.opset) if args.opset else source.proto
+        matched = match(model, source.folder)
+        fused, report = _tuned(matched, args) if args.tune else lower(matched, args.target)
+        if report.fused:
+            metadata.write(fused, report.entries(args.target if not args.tune else "tune"))
+        external = _external_output(args, source, fused, report)
+        with onnx_io.staged(args.output) as written:
+            onnx_io.write(fused, written, source.folder, external, progress)
+            del fused  # weights written inline were loaded for it: the gate reads the file
+            stage("checking: onnx.checker, ONNX Runtime, the input's numbers")
+            verify(source.path, written, report)  # against the file as it came, opset raise too
     print(report.table())
     _write(args.report, report.to_json())
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}" + (f" and {args.output.name}.data" if external else ""))
     return 0
+
+
+def _external_output(args: argparse.Namespace, source, fused, report) -> bool:
+    """Weights in a data file beside the output: asked for, as the input had them, or needed
+    (over protobuf's 2 GB an .onnx file cannot hold them)."""
+    from ln2d.export import onnx_io
+
+    if args.external_data or source.external:
+        return True
+    if onnx_io.tensor_bytes(fused) > onnx_io.PROTOBUF_LIMIT - (64 << 20):
+        report.notes.append("the weights are over 2 GB: written to a data file beside the model")
+        return True
+    return False
+
+
+def _stages(show: bool):
+    """Name each long step on stderr, for models large enough to make them long."""
+
+    def stage(name: str) -> None:
+        if show:
+            print(f"fuse: {name} ...", file=sys.stderr, flush=True)
+
+    return stage
 
 
 def _tuned(matched, args: argparse.Namespace):
@@ -505,6 +544,48 @@ def run_bench_train(args: argparse.Namespace) -> int:
     report = run(options)
     print(table(report))
     _write(args.json, json.dumps(report, indent=2))
+    return 0
+
+
+def _add_bench_fuse(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench-fuse",
+        help="time ln2d fuse and measure its peak memory, on your models or a generated one",
+        description="Run ln2d fuse on each MODEL.onnx --repeats times, each run a fresh "
+        "process, alternating between models: median seconds, peak resident memory (the "
+        "kernel's count for that process) against the size of the model's weights, and an "
+        "A/A control (odd against even runs). --generate GB first writes a ConvNeXt-like "
+        "model with LayerNorm2d sites of that size, weights as external data, into a "
+        "temporary folder (past 2 GB: the size protobuf cannot hold inline).",
+    )
+    bench.add_argument("models", type=Path, nargs="*", metavar="MODEL.onnx")
+    bench.add_argument("--generate", type=float, metavar="GB", help="also a generated model")
+    bench.add_argument("--repeats", type=int, default=3, help="runs per model (default 3)")
+    bench.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET, help=TARGET_HELP)
+    bench.add_argument("--json", type=Path, help="write the results as JSON")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(run=run_bench_fuse, extra="export")
+
+
+def run_bench_fuse(args: argparse.Namespace) -> int:
+    from ln2d.export.bench_fuse import run, table
+    from ln2d.export.large_model import write_model
+
+    if args.repeats < 1 or (args.generate is not None and args.generate <= 0):
+        raise UserError("--repeats must be >= 1 and --generate > 0")
+    if not args.models and args.generate is None:
+        raise UserError("give MODEL.onnx files, --generate GB, or both")
+    missing = [str(m) for m in args.models if not m.is_file()]
+    if missing:
+        raise UserError(f"not found: {', '.join(missing)}")
+    with tempfile.TemporaryDirectory(prefix="ln2d-generated-") as folder:
+        models = list(args.models)
+        if args.generate is not None:
+            models.append(Path(folder) / f"wide_convnext_{args.generate:g}gb.onnx")
+            write_model(models[-1], args.generate)
+        rows = run(models, args.repeats, ("--target", args.target), not args.no_progress)
+    print(table(rows))
+    _write(args.json, json.dumps(rows, indent=2))
     return 0
 
 

@@ -16,11 +16,13 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from ln2d import native
 from ln2d.constants import ort_provider
+from ln2d.export.onnx_io import EXTERNAL_DATA_FOLDER
 
 AA_SUFFIX = " (A/A)"  # the control variant's name: the same model's second session
 AA_LIMIT = 0.05  # an A/A ratio further from 1 than this marks the run as too noisy
@@ -28,9 +30,16 @@ AA_LIMIT = 0.05  # an A/A ratio further from 1 than this marks the run as too no
 Runner = Callable[[], object]
 
 
-def session(model: bytes | str, threads: int, provider: str = "cpu", profile_to: str = ""):
+def session(
+    model: bytes | str,
+    threads: int,
+    provider: str = "cpu",
+    profile_to: str = "",
+    folder: Path | None = None,
+):
     """An InferenceSession with ``threads`` intra-op threads, spinning off, one inter-op;
-    with ``profile_to``, ONNX Runtime's profiler writes there (a file name prefix)."""
+    with ``profile_to``, ONNX Runtime's profiler writes there (a file name prefix); ``folder``
+    holds the external data of a model given as bytes."""
     import onnxruntime as ort
 
     options = native.session_options()
@@ -39,6 +48,8 @@ def session(model: bytes | str, threads: int, provider: str = "cpu", profile_to:
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if folder is not None:
+        options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(folder))
     if profile_to:
         options.enable_profiling = True
         options.profile_file_prefix = profile_to

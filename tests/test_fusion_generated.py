@@ -83,3 +83,32 @@ def test_every_generated_layernorm_fuses_and_every_near_miss_is_left(recipe, exp
         got = run(fused, x.numpy()).astype(np.float32)
         np.testing.assert_allclose(got, expected, atol=tolerance, rtol=tolerance)
     (COVERAGE.left if recipe.near_miss in NOT_A_LAYERNORM else COVERAGE.fused).add(combination)
+
+
+# The two reported cases, at every opset each exporter writes: torch.var_mean with
+# keepdim=True and (1, C, 1, 1) parameters (dynamo centred the input by two means), and fp16
+# storage with fp32 statistics (the portable target's gate refused it at opsets 17 and 18).
+REPORTED = {
+    "var_mean_keepdim": Recipe(mean="var_mean", normalise="mul_rsqrt", affine="param_1c11"),
+    "fp16_storage": Recipe(dtype="fp16_storage"),
+}
+EVERY_OPSET = [("torchscript", o) for o in range(13, 21)] + [("dynamo", o) for o in range(18, 24)]
+
+
+@pytest.mark.parametrize("exported", EVERY_OPSET, ids=lambda e: f"{e[0]}-{e[1]}")
+@pytest.mark.parametrize("case", list(REPORTED))
+def test_the_reported_cases_fuse_at_every_target_and_opset(case, exported):
+    recipe = REPORTED[case]
+    half = recipe.dtype == "fp16_storage"
+    module = Wrapped(recipe).eval()
+    module = module.half() if half else module
+    x = torch.randn(2, 3, 9, 7)
+    x = x.half() if half else x
+    model = export(module, x, *exported)
+    expected = module(x).detach().float().numpy()
+    for target in targets_at(exported[1]):
+        fused, report = fuse_model(model, target)
+        assert [s.status for s in report.fused] == ["fused"], f"{target}: {report.table()}"
+        tolerance = 2e-2 if half else 2e-4
+        got = run(fused, x.numpy()).astype(np.float32)
+        np.testing.assert_allclose(got, expected, atol=tolerance, rtol=tolerance, err_msg=target)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import onnx
 import onnx_ir as ir
@@ -41,6 +42,7 @@ class Matched:
     placeholders: onnx.ModelProto
     report: FusionReport  # sites found and rejected; forms not chosen yet
     opset: int
+    folder: Path | None = None  # where the models' external data lives, if they have any
 
 
 def fuse_model(
@@ -57,14 +59,16 @@ def fuse_model(
     return fused, report
 
 
-def match(model: onnx.ModelProto) -> Matched:
-    """Canonicalize, then replace every LayerNorm2d site with a placeholder."""
+def match(model: onnx.ModelProto, folder: Path | None = None) -> Matched:
+    """Canonicalize, then replace every LayerNorm2d site with a placeholder. A model whose
+    weights are external data in ``folder`` is matched without reading them (the small
+    constants the rules read excepted), and the placeholders refer to the same files."""
     report = FusionReport(ops_before=op_histogram(model))
     # A copy: onnx-ir wraps the proto's tensors and the passes write into them (names), and
     # the input must come back untouched when nothing beats it.
     working = onnx.ModelProto()
     working.CopyFrom(model)
-    graph = ir.serde.deserialize_model(working)
+    graph = _deserialize(working, folder)
     opset = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx", 0))
     _reinfer_shapes(graph)
     _to_fixpoint(canonical_rules(), graph, reinfer=True)
@@ -82,7 +86,7 @@ def match(model: onnx.ModelProto) -> Matched:
     modules = site_modules(model, [site.output for site in report.fused])
     for site in report.fused:
         site.module = modules[site.output]
-    return Matched(model, ir.serde.serialize_model(graph), report, opset)
+    return Matched(model, ir.serde.serialize_model(graph), report, opset, folder)
 
 
 def lower(
@@ -97,7 +101,7 @@ def lower(
         site.form, site.why = _choice(choose, site)
         if not lowers(site.form, site):
             raise ValueError(f"form {site.form!r} cannot lower {site.name} ({site.opset=})")
-    graph = ir.serde.deserialize_model(matched.placeholders)
+    graph = _deserialize(matched.placeholders, matched.folder)
     before = set(graph.graph)
     forms = {site.name: site.form for site in report.fused}
     _to_fixpoint(lowering_rules(forms.__getitem__, matched.opset), graph)
@@ -112,6 +116,13 @@ def lower(
     fused = ir.serde.serialize_model(graph)
     report.ops_after = op_histogram(fused)
     return fused, report
+
+
+def _deserialize(model: onnx.ModelProto, folder: Path | None) -> ir.Model:
+    graph = ir.serde.deserialize_model(model)
+    if folder is not None:
+        ir.external_data.set_base_dir(graph.graph, folder)
+    return graph
 
 
 def _choice(choose, site: Site) -> tuple[str, str]:

@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -52,7 +53,7 @@ def tune(matched: Matched, options: TuneOptions) -> tuple[onnx.ModelProto, Fusio
             form: {**best, **{s.name: form for s in members}} for form in forms_for(members[0])
         }
         models = {form: lower(matched, assignment)[0] for form, assignment in trial.items()}
-        ms = _time(models, options)
+        ms = _time(models, options, matched.folder)
         current = best[members[0].name]
         better = [form for form in ms if _beats(ms[form], ms[current])]
         chosen = min(better, key=lambda form: _geomean(ms[form]), default=current)
@@ -62,7 +63,9 @@ def tune(matched: Matched, options: TuneOptions) -> tuple[onnx.ModelProto, Fusio
         bar.update()
     fused, report = lower(matched, best)
     control = "input" + timing.AA_SUFFIX
-    final = _time({"tuned": fused, "input": matched.source, control: matched.source}, options)
+    final = _time(
+        {"tuned": fused, "input": matched.source, control: matched.source}, options, matched.folder
+    )
     bar.update()
     bar.close()
     return _verdict(matched, fused, report, final, timings, options)
@@ -89,10 +92,14 @@ def _groups(sites: list[Site]) -> Iterator[tuple[str, list[Site]]]:
     yield from groups.items()
 
 
-def _time(models: dict[str, onnx.ModelProto], options: TuneOptions) -> dict[str, list[float]]:
-    """Each model's median ms at each shape, all models side by side."""
+def _time(
+    models: dict[str, onnx.ModelProto], options: TuneOptions, folder: Path | None
+) -> dict[str, list[float]]:
+    """Each model's median ms at each shape, all models side by side; their external data, if
+    any, is in ``folder``."""
     sessions = {
-        name: timing.session(m.SerializeToString(), options.threads) for name, m in models.items()
+        name: timing.session(m.SerializeToString(), options.threads, folder=folder)
+        for name, m in models.items()
     }
     medians: dict[str, list[float]] = {name: [] for name in models}
     for shape in options.shapes:

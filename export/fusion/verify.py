@@ -5,6 +5,7 @@ inputs at two shapes. A failure names the step and, where it can be told, the si
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ from ln2d.errors import CheckFailed
 from ln2d.export.fusion.islands import SITE_PREFIX
 from ln2d.export.fusion.report import FusionReport
 from ln2d.export.numerics import close, numpy_type, tolerance
+from ln2d.export.onnx_io import EXTERNAL_DATA_FOLDER
 
 # Sizes given to symbolic dimensions, per probe: (the first dimension, every other one).
 # Two probes, so a graph that only works at its export shape is caught; the fallbacks serve
@@ -21,36 +23,68 @@ from ln2d.export.numerics import close, numpy_type, tolerance
 PROBES = ((1, (32, 32)), (2, (48, 40)), (1, (64, 64)), (2, (96, 80)), (1, (224, 224)))
 
 
+# A model in memory, or a file: the form for models with external data, whichever size. The
+# checker and ONNX Runtime then read the file, with its data, from its own folder.
+ModelRef = onnx.ModelProto | Path
+
+
 class FusionError(CheckFailed):
     """The fused model failed the gate: nothing is written."""
 
 
-def verify(original: onnx.ModelProto, fused: onnx.ModelProto, report: FusionReport) -> None:
+def verify(original: ModelRef, fused: ModelRef, report: FusionReport) -> None:
     """Raise FusionError unless ``fused`` is valid, loads, and computes what ``original`` does.
-    Records each step in ``report.verification``."""
+    Records each step in ``report.verification``. One session lives at a time: the input's
+    outputs are computed first, so a large model is held once, not twice."""
     steps = report.verification
     try:
-        onnx.checker.check_model(fused, full_check=True)
+        onnx.checker.check_model(str(fused) if isinstance(fused, Path) else fused, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise _failure("onnx.checker", exc) from exc
     steps["onnx.checker"] = "pass"
+    expected = _expected(original)
     try:
         session = _session(fused)
     except Exception as exc:  # onnxruntime raises its own, unexported exception types
-        if not _loads(original):  # e.g. custom ops for another runtime: not ours to judge
+        if expected is None:  # e.g. custom ops for another runtime: not ours to judge
             steps["onnxruntime"] = steps["numerics"] = "not checked: the input does not load"
             return
         raise _failure("onnxruntime load", exc) from exc
     steps["onnxruntime"] = "pass"
-    steps["numerics"] = _same_numbers(original, fused, session, report)
+    if expected is None:
+        steps["numerics"] = "not checked: the input does not load"
+        return
+    if len(expected) < 2:
+        steps["numerics"] = {
+            "status": "not checked: the input model ran at fewer than two probe shapes"
+        }
+        return
+    for feeds, outputs in expected:
+        for want, have in zip(outputs, session.run(None, feeds), strict=True):
+            if not _within(have, want):
+                del session
+                raise FusionError(_numbers_message(original, fused, feeds, report))
+    shapes = [[list(v.shape) for v in feeds.values()] for feeds, _ in expected]
+    steps["numerics"] = {"status": "pass", "shapes": shapes}
 
 
-def _loads(model: onnx.ModelProto) -> bool:
+def _expected(original: ModelRef) -> list[tuple[dict, list[np.ndarray]]] | None:
+    """Random inputs and the input graph's outputs at the first two probe shapes it runs at;
+    None if it does not load."""
     try:
-        _session(model)
+        reference = _session(original)
     except Exception:
-        return False
-    return True
+        return None
+    found = []
+    for batch, sizes in PROBES:
+        feeds = _random_feeds(reference, batch, sizes)
+        try:
+            found.append((feeds, reference.run(None, feeds)))
+        except Exception:  # the input model does not run at this shape: try the next one
+            continue
+        if len(found) == 2:
+            break
+    return found
 
 
 def _failure(step: str, exc: Exception) -> FusionError:
@@ -60,33 +94,19 @@ def _failure(step: str, exc: Exception) -> FusionError:
     return FusionError(f"fused model failed {step} ({where}): {text[:300]}")
 
 
-def _session(model: onnx.ModelProto):
+def _session(model: ModelRef, folder: Path | None = None):
+    """A CPU session of a file, or of a model in memory whose external data is in ``folder``."""
     import onnxruntime as ort
 
     options = native.session_options()
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
-def _same_numbers(original, fused, fused_session, report: FusionReport) -> dict:
-    reference = _session(original)
-    checked = []
-    for batch, sizes in PROBES:
-        feeds = _random_feeds(reference, batch, sizes)
-        try:
-            expected = reference.run(None, feeds)
-        except Exception:  # the input model does not run at this shape: try the next one
-            continue
-        got = fused_session.run(None, feeds)
-        for want, have in zip(expected, got, strict=True):
-            if not _within(have, want):
-                raise FusionError(_numbers_message(original, fused, feeds, report))
-        checked.append([list(v.shape) for v in feeds.values()])
-        if len(checked) == 2:
-            return {"status": "pass", "shapes": checked}
-    return {"status": "not checked: the input model ran at fewer than two probe shapes"}
+    # No arena: what a run allocates goes back when it ends, so the input's session and the
+    # fused one never hold their activations at the same time (large models).
+    options.enable_cpu_mem_arena = False
+    if folder is not None:
+        options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(folder))
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _within(actual: np.ndarray, expected: np.ndarray) -> bool:
@@ -141,11 +161,15 @@ def _numbers_message(original, fused, feeds, report: FusionReport) -> str:
     return "fused model failed numerics (outside the fused sites): outputs differ"
 
 
-def _run_with_outputs(model: onnx.ModelProto, names: list[str], feeds) -> list[np.ndarray]:
+def _run_with_outputs(model: ModelRef, names: list[str], feeds) -> list[np.ndarray]:
+    folder = model.parent if isinstance(model, Path) else None
     probed = onnx.ModelProto()
-    probed.CopyFrom(model)
+    if folder is None:
+        probed.CopyFrom(model)
+    else:
+        probed = onnx.load(str(model), load_external_data=False)
     known = {o.name for o in probed.graph.output}
     probed.graph.output.extend(
         onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in known
     )
-    return _session(probed).run(names, feeds)
+    return _session(probed, folder).run(names, feeds)
