@@ -32,7 +32,6 @@ import torch
 from tqdm import tqdm
 
 from ln2d import native
-from ln2d.constants import PROVIDERS
 from ln2d.cpu_quota import available_cpus
 from ln2d.errors import UserError
 from ln2d.export import timing
@@ -41,6 +40,7 @@ from ln2d.export.fusion import lower, match, verify
 from ln2d.export.fusion.forms import FORMS, lowers
 from ln2d.export.fusion.targets import TARGETS, usable
 from ln2d.export.onnx_export import DEFAULT_OPSET, module_to_onnx
+from ln2d.runtime import available_providers
 
 DECOMPOSED, CONTROL = "decomposed", "decomposed" + timing.AA_SUFFIX
 FP16 = "fp16:"  # the prefix of a variant's fp16 twin (export --precision fp16), timed on CUDA
@@ -63,10 +63,7 @@ class BenchOptions:
 
 
 def run(options: BenchOptions) -> dict:
-    import onnxruntime as ort
-
-    available = set(ort.get_available_providers())
-    providers = [p for p in options.providers if PROVIDERS[p] in available]
+    providers = [p for p in options.providers if p in available_providers()]
     skipped = {p: "provider not available" for p in options.providers if p not in providers}
     networks = list(_networks(options))
     with tempfile.TemporaryDirectory(prefix="ln2d-bench-") as tmp:

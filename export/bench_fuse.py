@@ -18,10 +18,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import onnx
 from tqdm import tqdm
 
-from ln2d.export.onnx_io import tensor_bytes
+from ln2d.errors import UserError
+from ln2d.export.onnx_io import read_graph, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def fuse_once(model: Path, output: Path, *flags: str) -> FuseRun:
 
 
 def weights_bytes(model: Path) -> int:
-    return tensor_bytes(onnx.load(str(model), load_external_data=False))
+    return tensor_bytes(read_graph(model))
 
 
 def run(models: list[Path], repeats: int, flags: tuple[str, ...] = (), progress: bool = True):
@@ -69,7 +69,7 @@ def run(models: list[Path], repeats: int, flags: tuple[str, ...] = (), progress:
             result = fuse_once(model, Path(folder) / model.name, "--no-progress", *flags)
             if result.exit_code != 0:
                 last = result.stderr.strip().splitlines()[-1:] or ["no message"]
-                raise RuntimeError(f"ln2d fuse {model} exited {result.exit_code}: {last[0]}")
+                raise UserError(f"ln2d fuse {model} exited {result.exit_code}: {last[0]}")
             runs[model].append(result)
     return [_row(model, results) for model, results in runs.items()]
 

@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ln2d.export import timing
+from ln2d.runtime import SessionSettings, open_session
 
 
 def main(argv: list[str]) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str]) -> int:
             # Fresh sessions per shape: a session's memory arena remembers the shapes it ran
             # before, and that history, not the graph, then decides some of the timings.
             sessions = {
-                name: timing.session(path, spec["threads"], job["provider"])
+                name: open_session(path, SessionSettings(job["provider"], spec["threads"]))
                 for name, path in job["models"].items()
             }
             bar.set_postfix_str(f"{job['network']} {job['provider']} {shape}")

@@ -570,14 +570,14 @@ def _add_bench_fuse(commands: argparse._SubParsersAction) -> None:
 def run_bench_fuse(args: argparse.Namespace) -> int:
     from ln2d.export.bench_fuse import run, table
     from ln2d.export.large_model import write_model
+    from ln2d.export.onnx_io import read_graph
 
     if args.repeats < 1 or (args.generate is not None and args.generate <= 0):
         raise UserError("--repeats must be >= 1 and --generate > 0")
     if not args.models and args.generate is None:
         raise UserError("give MODEL.onnx files, --generate GB, or both")
-    missing = [str(m) for m in args.models if not m.is_file()]
-    if missing:
-        raise UserError(f"not found: {', '.join(missing)}")
+    for model in args.models:
+        read_graph(model)  # one readable line for a missing or malformed file, before any run
     with tempfile.TemporaryDirectory(prefix="ln2d-generated-") as folder:
         models = list(args.models)
         if args.generate is not None:

@@ -31,8 +31,6 @@ SPILL_BYTES = 64 << 20  # inline weights above this are moved to a file while a 
 EXTERNAL_THRESHOLD = 1024  # tensors this large or larger go to the data file (onnx's default)
 ALIGNMENT = 4096  # large tensors start at page offsets, so ONNX Runtime can map them
 _CHUNK = 64 << 20  # bytes copied at a time between data files
-# Where ONNX Runtime finds the external data of a model it is given as bytes.
-EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 
 def load_model(path: Path) -> onnx.ModelProto:
@@ -66,7 +64,7 @@ def opened(path: Path, progress: bool = True) -> Iterator[Opened]:
     proto = _parse(path, with_data=False)
     external = any(_is_external(t) for t in _initializers(proto.graph))
     if inline_bytes(proto) <= SPILL_BYTES:
-        _check(proto, path, by_path=True)
+        _check(proto, path, by_path=True)  # the external data stays inside path's folder
         yield Opened(path, proto, external)
         return
     with tempfile.TemporaryDirectory(prefix="ln2d-") as folder:
@@ -76,6 +74,14 @@ def opened(path: Path, progress: bool = True) -> Iterator[Opened]:
         proto = onnx.load(str(copy), load_external_data=False)
         _check(proto, path, by_path=True, file=copy)  # the copy: the checker holds it once
         yield Opened(copy, proto, external)
+
+
+def read_graph(path: Path) -> onnx.ModelProto:
+    """The model without its external data, checked: for what only reads the graph."""
+    path = Path(path)
+    proto = _parse(path, with_data=False)
+    _check(proto, path, by_path=True)
+    return proto
 
 
 def inline_bytes(model: onnx.ModelProto) -> int:

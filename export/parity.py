@@ -13,18 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
-from ln2d import native
 from ln2d.checkpoint import Checkpoint
-from ln2d.constants import PROVIDERS, ort_provider
+from ln2d.constants import PROVIDERS
 from ln2d.data import Preprocessing
 from ln2d.errors import UserError
 from ln2d.export import metadata
 from ln2d.export.numerics import close, tolerance
 from ln2d.export.onnx_export import INPUT_NAME
 from ln2d.export.onnx_io import load_model
+from ln2d.runtime import SessionSettings, available_providers, open_session
 from ln2d.training import predict_logits
 
 
@@ -191,7 +190,7 @@ def check_parity(
         requested=requested,
     )
     for provider in listed:
-        if PROVIDERS[provider] not in ort.get_available_providers():
+        if provider not in available_providers():
             why = f"skipped: no {PROVIDERS[provider]} in this onnxruntime build / machine"
             report.comparisons.append(Comparison(f"torch vs onnx[{provider}]", provider, why))
             continue
@@ -242,7 +241,7 @@ def _unfused(model: torch.nn.Module, onnx_model: onnx.ModelProto, x: np.ndarray)
 def _providers(spec: str) -> tuple[list[str], list[str]]:
     """(requested, listed): 'auto' requests cpu and cuda-if-present, and lists both."""
     if spec == "auto":
-        has_cuda = PROVIDERS["cuda"] in ort.get_available_providers()
+        has_cuda = "cuda" in available_providers()
         return (["cpu", "cuda"] if has_cuda else ["cpu"]), ["cpu", "cuda"]
     names = [p.strip() for p in spec.split(",") if p.strip()]
     unknown = [p for p in names if p not in PROVIDERS]
@@ -251,18 +250,11 @@ def _providers(spec: str) -> tuple[list[str], list[str]]:
     return names, names
 
 
-def _session(model: onnx.ModelProto, provider: str) -> ort.InferenceSession:
+def _session(model: onnx.ModelProto, provider: str):
     try:
-        session = ort.InferenceSession(
-            model.SerializeToString(),
-            native.session_options(),
-            providers=[ort_provider(provider)],
-        )
+        return open_session(model, SessionSettings(provider))
     except Exception as exc:  # onnxruntime raises its own, unexported exception types
-        raise UserError(str(native.explain(exc))) from None
-    if session.get_providers()[0] != PROVIDERS[provider]:
-        raise UserError(f"onnxruntime did not activate {PROVIDERS[provider]}")
-    return session
+        raise UserError(" ".join(str(exc).split())) from None
 
 
 def _input_dtype(model: onnx.ModelProto):

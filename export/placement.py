@@ -13,24 +13,17 @@ import tempfile
 
 import numpy as np
 
-from ln2d import native
-from ln2d.constants import PROVIDERS, ort_provider
+from ln2d.constants import PROVIDERS
+from ln2d.runtime import SessionSettings, open_session
 
 
 def run_and_place(model: bytes, feeds: dict[str, np.ndarray], provider: str = "cuda"):
     """Run ``model`` once on ``provider`` (CPU as ONNX Runtime's fallback); return its outputs
     and the op types of the nodes that ran on the CPU instead."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as folder:
-        options = native.session_options()
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(folder, "ort")
-        options.log_severity_level = 3  # its fallback warnings: the profile names the nodes
-        providers = [ort_provider(provider)]
-        if provider != "cpu":
-            providers.append(PROVIDERS["cpu"])
-        session = ort.InferenceSession(model, options, providers=providers)
+        profile = os.path.join(folder, "ort")
+        settings = SessionSettings(provider, cpu_fallback=True, profile_to=profile)
+        session = open_session(model, settings)
         outputs = session.run(None, feeds)
         with open(session.end_profiling()) as trace:
             events = json.load(trace)

@@ -17,18 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from ln2d import native
 from ln2d.errors import UserError
 from ln2d.export import metadata
 from ln2d.export.fusion import Site, fuse_model
 from ln2d.export.fusion.islands import statistics_nodes
 from ln2d.export.fusion.verify import FusionError
 from ln2d.export.onnx_io import load_model, save_model
+from ln2d.runtime import open_session
 
 CALIBRATION_BATCH = 16
 
@@ -198,20 +197,13 @@ class _Calibration(CalibrationDataReader):
 def _check(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
-        _session(model)
+        open_session(model)
     except Exception as exc:  # onnxruntime raises its own, unexported exception types
         raise UserError(f"the quantized model is not valid: {' '.join(str(exc).split())}") from None
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = native.session_options()
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
 def _logits(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
-    session = _session(model)
+    session = open_session(model)
     name = session.get_inputs()[0].name
     return np.concatenate(
         [session.run(None, {name: images[i : i + 64]})[0] for i in range(0, len(images), 64)]

@@ -16,44 +16,15 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from ln2d import native
-from ln2d.constants import ort_provider
-from ln2d.export.onnx_io import EXTERNAL_DATA_FOLDER
+from ln2d.runtime import SessionSettings, open_session
 
 AA_SUFFIX = " (A/A)"  # the control variant's name: the same model's second session
 AA_LIMIT = 0.05  # an A/A ratio further from 1 than this marks the run as too noisy
 
 Runner = Callable[[], object]
-
-
-def session(
-    model: bytes | str,
-    threads: int,
-    provider: str = "cpu",
-    profile_to: str = "",
-    folder: Path | None = None,
-):
-    """An InferenceSession with ``threads`` intra-op threads, spinning off, one inter-op;
-    with ``profile_to``, ONNX Runtime's profiler writes there (a file name prefix); ``folder``
-    holds the external data of a model given as bytes."""
-    import onnxruntime as ort
-
-    options = native.session_options()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if folder is not None:
-        options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(folder))
-    if profile_to:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_to
-    return ort.InferenceSession(model, options, providers=[ort_provider(provider)])
 
 
 def op_profile(model: str, feeds: dict[str, np.ndarray], threads: int, runs: int = 20) -> dict:
@@ -64,7 +35,8 @@ def op_profile(model: str, feeds: dict[str, np.ndarray], threads: int, runs: int
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        profiled = session(model, threads, profile_to=os.path.join(folder, "ort"))
+        settings = SessionSettings(threads=threads, profile_to=os.path.join(folder, "ort"))
+        profiled = open_session(model, settings)
         for _ in range(runs + 2):
             profiled.run(None, feeds)
         with open(profiled.end_profiling()) as trace:

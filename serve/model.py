@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ln2d import native
-from ln2d.constants import METADATA_PREFIX, PROVIDERS, ort_provider
+from ln2d.constants import METADATA_PREFIX, PROVIDERS
+from ln2d.runtime import ProviderNotActive, SessionSettings, available_providers, open_session
 
 log = logging.getLogger("ln2d.serve")
 
@@ -53,12 +53,10 @@ class Model:
     """An ONNX Runtime session over a batch of normalised ``(N, C, H, W)`` float32 images."""
 
     def __init__(self, path: Path, provider: str, cpu_fallback: bool, threads: int) -> None:
-        import onnxruntime as ort
-
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         started = time.monotonic()
-        self.session = _session(ort, path, provider, cpu_fallback, threads)
+        self.session = _session(path, provider, cpu_fallback, threads)
         self.load_seconds = time.monotonic() - started
         self.provider = self.session.get_providers()[0]
         self.info = _info(self.session, path)
@@ -73,32 +71,24 @@ class Model:
             self.run(np.zeros((size, *self.info.sample_shape), np.float32))
 
 
-def _session(ort, path: Path, provider: str, cpu_fallback: bool, threads: int):
-    if PROVIDERS[provider] not in ort.get_available_providers():
+def _session(path: Path, provider: str, cpu_fallback: bool, threads: int):
+    if provider not in available_providers():
         if not cpu_fallback:
             raise ModelLoadError(
                 f"{PROVIDERS[provider]} is not available in this onnxruntime build "
-                f"({', '.join(ort.get_available_providers())}); install onnxruntime-gpu, "
+                f"({', '.join(PROVIDERS[p] for p in available_providers())}); install "
+                "onnxruntime-gpu, "
                 "or allow --cpu-fallback"
             )
         log.warning("%s is not available; serving on CPU (--cpu-fallback)", PROVIDERS[provider])
         provider = "cpu"
-    wanted = PROVIDERS[provider]
-    options = native.session_options()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Spinning threads burn the cores that the event loop and the image decoders need between
-    # batches; a request-driven server is better off sleeping.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    settings = SessionSettings(provider, threads, cpu_fallback=cpu_fallback)
     try:
-        session = ort.InferenceSession(str(path), options, providers=[ort_provider(provider)])
+        return open_session(path, settings)
+    except ProviderNotActive as exc:
+        raise ModelLoadError(str(exc)) from exc
     except Exception as exc:  # onnxruntime raises its own untyped errors for invalid files
-        raise ModelLoadError(f"cannot load {path}: {native.explain(exc)}") from exc
-    active = session.get_providers()[0]
-    if active != wanted and not cpu_fallback:
-        raise ModelLoadError(f"{wanted} was requested but ONNX Runtime activated {active}")
-    return session
+        raise ModelLoadError(f"cannot load {path}: {exc}") from exc
 
 
 def _info(session, path: Path) -> ModelInfo:

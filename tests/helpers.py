@@ -47,3 +47,17 @@ def image_command(dockerfile: Path) -> tuple[list[str], dict[str, str]]:
     # PATH extends the base's: here, this machine's.
     env["PATH"] = env.get("PATH", "$PATH").replace("$PATH", os.environ["PATH"])
     return entrypoint, env
+
+
+def fusion_targets() -> list:
+    """Every fusion target as a test parameter; the ones this install cannot use (cpu-native
+    without the compiled library) skip, with the reason."""
+    import pytest
+
+    from ln2d.export.fusion.targets import TARGETS, usable
+
+    reason = "ln2d.native was not compiled in this install (no C compiler)"
+    return [
+        pytest.param(target, marks=pytest.mark.skipif(not usable(target), reason=reason))
+        for target in TARGETS
+    ]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ln2d.constants import TARGETS
 from ln2d.export.fusion import fuse_model
+from tests.helpers import fusion_targets
 from tests.onnx_helpers import run
 from tests.tiny_models import C, layernorm2d, spatial_norm
 
@@ -16,7 +16,7 @@ def _opset(model) -> int:
     return next(o.version for o in model.opset_import if o.domain == "")
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", fusion_targets())
 @pytest.mark.parametrize("opset", [13, 15, 17, 18, 23])
 def test_hand_built_layernorm2d_fuses_in_its_own_opset(opset, target):
     model = layernorm2d(opset)

@@ -1,5 +1,6 @@
 """The dependency rules of docs/architecture.md, read from the source: no import cycle inside
-serve/, export imports nothing of serve, and serve nothing of export or the model library."""
+serve/, export imports nothing of serve, serve nothing of export or the model library, and only
+ln2d/runtime.py opens ONNX Runtime sessions."""
 
 from __future__ import annotations
 
@@ -68,3 +69,12 @@ def test_serve_imports_neither_export_nor_the_model_library():
     offenders = {m: sorted(n for n in i if n.startswith(banned))
                  for m, i in GRAPH.items() if m.startswith("ln2d.serve")}  # fmt: skip
     assert not {m: n for m, n in offenders.items() if n}
+
+
+def test_only_the_runtime_module_opens_onnx_runtime_sessions():
+    opening = {
+        name
+        for name, path in _modules().items()
+        if "InferenceSession(" in path.read_text() or "SessionOptions(" in path.read_text()
+    }
+    assert opening <= {"ln2d.runtime", "ln2d.native"}, opening  # native: the op's registration

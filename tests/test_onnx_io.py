@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from ln2d.errors import UserError
 from ln2d.export import onnx_io
 from tests.helpers import run_cli
-from tests.tiny_models import layernorm2d
+from tests.tiny_models import classifier, layernorm2d
 
 
 def _with_big_weight(opset: int = 18) -> onnx.ModelProto:
@@ -107,3 +107,47 @@ def test_external_data_outside_the_models_folder_is_refused_in_one_line(tmp_path
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def _escaping(folder, how: str):
+    """The tiny classifier with its weights in a data file it must not read: outside its
+    folder (``up``), by an absolute path, or through a symlink out of it."""
+    data = folder / "elsewhere"
+    data.mkdir()
+    onnx_io.write(classifier(), data / "m.onnx", external=True, progress=False)
+    model = folder / how
+    model.mkdir()
+    header = onnx.load(str(data / "m.onnx"), load_external_data=False)
+    location = {"up": "../elsewhere/m.onnx.data", "absolute": str(data / "m.onnx.data")}
+    for tensor in header.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and how in location:
+                entry.value = location[how]
+    if how == "symlink":
+        (model / "m.onnx.data").symlink_to(data / "m.onnx.data")
+    onnx.save(header, str(model / "m.onnx"))
+    return model / "m.onnx"
+
+
+COMMANDS = {
+    "fuse": ["fuse", "{model}", "-o", "{out}/f.onnx"],
+    "quantize": ["quantize", "{model}", "-o", "{out}/q.onnx"],
+    "triton-repo": ["triton-repo", "{model}", "{out}/repo"],
+    "bench-fuse": ["bench-fuse", "{model}", "--no-progress"],
+    "serve": ["serve", "{model}", "--port", "0"],
+}
+
+
+@pytest.mark.parametrize("how", ["up", "absolute", "symlink"])
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_refuses_data_outside_the_models_folder_in_one_line(
+    tmp_path, monkeypatch, command, how
+):
+    monkeypatch.setattr(onnx_io, "EXTERNAL_THRESHOLD", 32)  # the tiny model's weights go out
+    model = _escaping(tmp_path, how)
+    out = tmp_path / "out"
+    args = [a.format(model=model, out=out) for a in COMMANDS[command]]
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not out.exists() or not any(out.iterdir())

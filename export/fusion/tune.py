@@ -28,6 +28,7 @@ from ln2d.export.fusion import Matched, lower
 from ln2d.export.fusion.forms import forms_for
 from ln2d.export.fusion.report import FusionReport, Site
 from ln2d.export.numerics import numpy_type
+from ln2d.runtime import SessionSettings, open_session
 
 MARGIN = 0.01  # a form must be this much faster (geomean over shapes) to replace another
 
@@ -98,7 +99,7 @@ def _time(
     """Each model's median ms at each shape, all models side by side; their external data, if
     any, is in ``folder``."""
     sessions = {
-        name: timing.session(m.SerializeToString(), options.threads, folder=folder)
+        name: open_session(m, SessionSettings(threads=options.threads, data_folder=folder))
         for name, m in models.items()
     }
     medians: dict[str, list[float]] = {name: [] for name in models}

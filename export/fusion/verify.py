@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ln2d import native
 from ln2d.errors import CheckFailed
 from ln2d.export.fusion.islands import SITE_PREFIX
 from ln2d.export.fusion.report import FusionReport
 from ln2d.export.numerics import close, numpy_type, tolerance
-from ln2d.export.onnx_io import EXTERNAL_DATA_FOLDER
+from ln2d.runtime import SessionSettings, open_session
 
 # Sizes given to symbolic dimensions, per probe: (the first dimension, every other one).
 # Two probes, so a graph that only works at its export shape is caught; the fallbacks serve
@@ -95,18 +94,10 @@ def _failure(step: str, exc: Exception) -> FusionError:
 
 
 def _session(model: ModelRef, folder: Path | None = None):
-    """A CPU session of a file, or of a model in memory whose external data is in ``folder``."""
-    import onnxruntime as ort
-
-    options = native.session_options()
-    options.log_severity_level = 3
-    # No arena: what a run allocates goes back when it ends, so the input's session and the
-    # fused one never hold their activations at the same time (large models).
-    options.enable_cpu_mem_arena = False
-    if folder is not None:
-        options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(folder))
-    source = str(model) if isinstance(model, Path) else model.SerializeToString()
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    """A CPU session of a file, or of a model in memory whose external data is in ``folder``.
+    No arena: what a run allocates goes back when it ends, so the input's session and the
+    fused one never hold their activations at the same time (large models)."""
+    return open_session(model, SessionSettings(arena=False, data_folder=folder))
 
 
 def _within(actual: np.ndarray, expected: np.ndarray) -> bool:
