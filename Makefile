@@ -49,12 +49,10 @@ test: lint browser
 	$(MAKE) test-sanitized
 	$(MAKE) test-native-serving
 
-# The serving tests again, the served model fused for cpu-native (ln2d's own op) this time.
-SERVING_TESTS := tests/test_serve.py tests/test_serve_lifecycle.py \
-	tests/test_serve_triton_client.py tests/test_contract.py tests/test_draft_decoding.py
-
+# Every serving test again (the folder: a new one cannot be missed), the served model fused for
+# cpu-native (ln2d's own op) this time.
 test-native-serving: $(STAMP)
-	LN2D_TEST_TARGET=cpu-native $(BIN)/python -m pytest -p no:cacheprovider $(SERVING_TESTS)
+	LN2D_TEST_TARGET=cpu-native $(BIN)/python -m pytest -p no:cacheprovider tests/serve
 
 # The native kernels built again with AddressSanitizer and UBSan (any finding aborts), and their
 # tests run once against those builds (LN2D_NATIVE_LIBRARY and LN2D_EAGER_LIBRARY point ln2d
@@ -80,7 +78,7 @@ test-sanitized: $(STAMP)
 		LN2D_NATIVE_LIBRARY=$(abspath $(SANITIZED)) \
 		LN2D_EAGER_LIBRARY=$(abspath $(SANITIZED_EAGER)) \
 		$(BIN)/python -m pytest -s -p no:cacheprovider -m "not integration" -k "$(NO_CXX_THROW)" \
-		tests/test_native.py tests/test_functional.py
+		tests/ln2d/test_native.py tests/ln2d/test_functional.py
 
 # The fast tier, in process (under a minute): fusion on hand-built graphs, the codec, the
 # batcher and the app with real tiny ONNX Runtime sessions. `make test` runs everything.

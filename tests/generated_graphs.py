@@ -34,7 +34,7 @@ NOT_A_LAYERNORM = ("unbiased", "eps_outside_sqrt", "other_axis", "rms", "eps_inp
 NEAR_MISSES = (*NOT_A_LAYERNORM, "per_pixel_scale")
 
 # Below opset 17 there is no LayerNormalization: the cuda and portable targets refuse (and say
-# why, tests/test_opsets.py); the cpu targets fuse to standard ops or ln2d's own op.
+# why, tests/export/fusion/test_opsets.py); the cpu targets fuse to standard ops or ln2d's own op.
 LAYERNORMALIZATION_TARGETS = ("cuda", "portable")
 C = 5
 EPS = 1e-5

@@ -13,11 +13,10 @@ import pytest
 import yaml
 
 from ln2d.serve.launcher import ServerProcess
-from tests.helpers import DOCKERFILES, image_command
+from tests.helpers import DOCKERFILES, ROOT, image_command
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES = sorted((ROOT / "docker" / "kubernetes").glob("*.yaml"))
 KSERVE = sorted((ROOT / "docker" / "kserve").glob("*.yaml"))
 K8S_VERSION = "1.33.0"

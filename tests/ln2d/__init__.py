@@ -1,0 +1,1 @@
+"""Tests of the ln2d folder."""
