@@ -91,12 +91,12 @@ def _named(node: ir.Node) -> str:
 
 
 class _Diverged(Exception):
-    """The walk left the pattern: at ``node`` (None: the value has no uses), ``expected``."""
+    """The walk left the pattern at ``node`` (None: the value has no uses), because ``why``."""
 
-    def __init__(self, value: ir.Value, expected: str, node: ir.Node | None = None) -> None:
+    def __init__(self, value: ir.Value, why: str, node: ir.Node | None = None) -> None:
         uses = [use.node for use in value.uses()]
         self.node = node or (uses[0] if uses else None)
-        self.value, self.expected = value, expected
+        self.value, self.why = value, why
 
 
 def _divergence(mean: ir.Node) -> str:
@@ -105,8 +105,7 @@ def _divergence(mean: ir.Node) -> str:
     except _Diverged as stop:
         where = _named(stop.node) if stop.node else f"{stop.value.name!r}, which nothing uses"
         return (
-            f"mean-centred over channels, but leaves the LayerNorm pattern at {where}: "
-            f"expected {stop.expected}"
+            f"mean-centred over channels, but leaves the LayerNorm pattern at {where}: {stop.why}"
         )
     return (
         "mean-centred over channels and shaped like a LayerNorm, but the parts do not fit "
@@ -124,8 +123,12 @@ def _walk(mean: ir.Node) -> None:
     )
     eps = next(v for v in shifted.producer().inputs if v is not var)
     if scalar(eps) is None:
-        expected = "eps to be a constant scalar (it is computed, or an input)"
-        raise _Diverged(var, expected, shifted.producer())
+        raise _Diverged(
+            var, "eps is not a constant scalar (it is computed, or an input)", shifted.producer()
+        )
+    reason = rejection(x, eps, [])
+    if reason:
+        raise _Diverged(var, reason, shifted.producer())
     std = _use(shifted, "Sqrt(variance + eps)", lambda n: n.op_type == "Sqrt")
     _use(
         std,
@@ -146,7 +149,7 @@ def _variance(x: ir.Value, m: ir.Value, d: ir.Value) -> ir.Value:
     x_squares = [u.node.outputs[0] for u in x.uses() if _is_square_of(u.node.outputs[0]) is x]
     if not x_squares:
         expected = "(x - mean)^2 (as d * d or d ** 2), or E[x^2] - mean^2, for the variance"
-        raise _Diverged(d, expected)
+        raise _Diverged(d, f"expected {expected}")
     second = _use(
         x_squares[0],
         "the mean of x^2 over axis 1",
@@ -164,4 +167,4 @@ def _use(value: ir.Value, expected: str, fits) -> ir.Value:
     for use in value.uses():
         if fits(use.node):
             return use.node.outputs[0]
-    raise _Diverged(value, expected)
+    raise _Diverged(value, f"expected {expected}")
