@@ -17,6 +17,7 @@ from onnxconverter_common.float16 import convert_float_to_float16
 
 from ln2d.export import metadata
 from ln2d.export.fusion.islands import site_of, statistics_nodes
+from ln2d.metadata import ModelMetadata
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -27,7 +28,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         warnings.filterwarnings("ignore", message=".*will be truncated to", category=UserWarning)
         half = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep_float)
     _restore_float_constants(half, model)
-    metadata.write(half, {"precision": {"precision": "fp16", "float_sites": sites}})
+    metadata.write(half, ModelMetadata(precision={"precision": "fp16", "float_sites": sites}))
     onnx.checker.check_model(half, full_check=True)
     return half
 

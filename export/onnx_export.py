@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -24,6 +25,7 @@ from ln2d.errors import UserError
 from ln2d.export import metadata
 from ln2d.export.fusion import FusionReport, fuse_model
 from ln2d.export.onnx_io import save_model
+from ln2d.metadata import InputSpec, ModelMetadata
 
 INPUT_NAME = "input"  # float32 (N, C, H, W), normalised as the "ln2d.input" metadata says
 OUTPUT_NAME = "logits"  # float32 (N, num_classes) before softmax, or any tensor a network gives
@@ -62,15 +64,17 @@ def export_module(
     proto, report = to_onnx(model, example_input, opset, fuse, target, min_size)
     channels, height, width = example_input.shape[1:]
     pre = {"mean": (0.0,) * channels, "std": (1.0,) * channels, **(preprocessing or {})}
-    pre |= {"channels": channels, "height": height, "width": width}
+    spec = InputSpec(channels, height, width, tuple(pre["mean"]), tuple(pre["std"]))
     if labels is None and len(proto.graph.output[0].type.tensor_type.shape.dim) == 2:
         with torch.inference_mode():
             classes = model(example_input[:1]).shape[1]
         labels = [str(i) for i in range(classes)]
-    values = _serving_metadata(pre, report, target)
-    values |= {"name": name or type(model).__name__.lower(), "architecture": _class_of(model)}
-    if labels is not None:
-        values["labels"] = list(labels)
+    values = replace(
+        _serving_metadata(spec, report, target),
+        name=name or type(model).__name__.lower(),
+        architecture=_class_of(model),
+        labels=None if labels is None else tuple(labels),
+    )
     metadata.write(proto, values)
     save_model(proto, Path(path))
     return report
@@ -88,14 +92,15 @@ def export_checkpoint(
     example = torch.zeros(2, pre.channels, pre.height, pre.width)
     model = checkpoint.model()
     proto, report = to_onnx(model, example, opset, fuse, target, checkpoint.config.min_input_size)
-    values = _serving_metadata(pre.to_dict(), report, target)
-    values |= {
-        "name": "ln2d-" + checkpoint.config.norm,
-        "labels": list(checkpoint.labels),
-        "architecture": checkpoint.config.to_dict(),
-        "eps": repr(checkpoint.config.eps),
-        "checkpoint_sha256": checkpoint.sha256,
-    }
+    spec = InputSpec(pre.channels, pre.height, pre.width, pre.mean, pre.std)
+    values = replace(
+        _serving_metadata(spec, report, target),
+        name="ln2d-" + checkpoint.config.norm,
+        labels=tuple(checkpoint.labels),
+        architecture=checkpoint.config.to_dict(),
+        eps=repr(checkpoint.config.eps),
+        checkpoint_sha256=checkpoint.sha256,
+    )
     metadata.write(proto, values)
     proto.doc_string = f"SimpleLN_CNN exported by ln2d {__version__}"
     return proto, report
@@ -190,14 +195,10 @@ def _quiet():
         logging.disable(logging.NOTSET)
 
 
-def _serving_metadata(pre: dict, report: FusionReport | None, target: str) -> dict:
-    color = "L" if pre["channels"] == 1 else "RGB"
-    fusion = report.entries(target) if report is not None else {"fusion": {"fused": False}}
-    return {
-        "input": {**pre, "layout": "NCHW", "color": color, "scale": 1 / 255},
-        "version": __version__,
-        **fusion,
-    }
+def _serving_metadata(spec: InputSpec, report: FusionReport | None, target: str) -> ModelMetadata:
+    unfused = ModelMetadata(fusion={"fused": False})
+    fusion = report.entries(target) if report is not None else unfused
+    return replace(fusion, input=spec, version=__version__)
 
 
 def _class_of(model: torch.nn.Module) -> dict:

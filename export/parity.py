@@ -215,12 +215,13 @@ def model_inputs(model_path: Path, data: str) -> tuple[np.ndarray, np.ndarray | 
     from ln2d.data import load_digits, load_image_folder
 
     meta = metadata.read(load_model(Path(model_path)))
-    if "input" not in meta:
+    if meta.input is None:
         raise UserError(f"{model_path} has no ln2d.input metadata: export it with ln2d export")
-    pre = Preprocessing.from_dict(json.loads(meta["input"]))
+    spec = meta.input
+    pre = Preprocessing(spec.channels, spec.height, spec.width, spec.mean, spec.std)
     if data == "random":
         return _random_inputs(pre), None
-    labels = tuple(json.loads(meta.get("labels", "[]")))
+    labels = meta.labels or ()
     if data == "digits":
         dataset = load_digits(pre.height, pre.channels)
     else:
@@ -277,8 +278,7 @@ def _random_inputs(pre: Preprocessing) -> np.ndarray:
 
 
 def _precision(model: onnx.ModelProto) -> str:
-    recorded = metadata.read(model).get("precision")
-    return json.loads(recorded)["precision"] if recorded else "fp32"
+    return metadata.read(model).precision_name
 
 
 def _gates(options: ParityOptions, dtype, precision: str) -> Gates:
@@ -343,7 +343,7 @@ def _sites(model: onnx.ModelProto) -> list[dict]:
     fused)."""
     from ln2d.export.fusion import match
 
-    summary = json.loads(metadata.read(model).get("fusion", "{}"))
+    summary = metadata.read(model).fusion or {}
     recorded = [s for s in summary.get("sites", []) if s["status"] != "rejected"]
     if recorded:
         return recorded

@@ -27,6 +27,7 @@ from ln2d.export.fusion import Site, fuse_model
 from ln2d.export.fusion.islands import statistics_nodes
 from ln2d.export.fusion.verify import FusionError
 from ln2d.export.onnx_io import load_model, save_model
+from ln2d.metadata import ModelMetadata
 from ln2d.runtime import open_session
 
 CALIBRATION_BATCH = 16
@@ -98,8 +99,8 @@ def quantize(model_path: Path, output: Path, options: QuantizeOptions) -> Quanti
     quantized, keep_float, sites = quantize_model(source, images[calibration], options)
     metadata.write(
         quantized,
-        {
-            "precision": {
+        ModelMetadata(
+            precision={
                 "precision": "int8",
                 "format": "QDQ",
                 "per_channel": options.per_channel,
@@ -107,7 +108,7 @@ def quantize(model_path: Path, output: Path, options: QuantizeOptions) -> Quanti
                 "calibration_samples": len(calibration),
                 "float_sites": sites,
             }
-        },
+        ),
     )
     _check(quantized)
     save_model(quantized, output)

@@ -22,6 +22,7 @@ from ln2d.constants import Batching
 from ln2d.errors import UserError, writing
 from ln2d.export import metadata
 from ln2d.export.onnx_io import load_model, save_model
+from ln2d.metadata import ModelMetadata
 
 LABELS_FILE = "labels.txt"
 
@@ -42,7 +43,7 @@ def write_repository(model_path: Path, repo: Path, name: str | None, batching: B
     """Write ``repo/<name>/`` for ``model_path`` and return that directory."""
     model = load_model(model_path)
     props = metadata.read(model)
-    name = name or props.get("name") or model_path.stem
+    name = name or props.name or model_path.stem
     if not _NAME.match(name):
         raise UserError(f"model name {name!r}: use letters, digits, '_', '-' and '.' only")
     config = model_config(model, name, batching)
@@ -157,11 +158,8 @@ def _triton_type(value: onnx.ValueInfoProto) -> str:
 
 def _trained_size(model: onnx.ModelProto) -> dict[int, int]:
     """Per non-batch input axis, the size in ``ln2d.input`` (C, H, W), if the metadata is there."""
-    text = metadata.read(model).get("input")
-    if text is None:
-        return {}
-    info = json.loads(text)
-    return {0: info["channels"], 1: info["height"], 2: info["width"]}
+    spec = metadata.read(model).input
+    return {} if spec is None else {0: spec.channels, 1: spec.height, 2: spec.width}
 
 
 def _fixed(dim: int | str, size: int | None = None) -> int:
@@ -177,9 +175,8 @@ def _num_classes(config: dict) -> int:
     return dims[0]
 
 
-def _labels(props: dict[str, str], num_classes: int) -> list[str]:
-    text = props.get("labels")
-    labels = json.loads(text) if text else [str(i) for i in range(num_classes)]
+def _labels(props: ModelMetadata, num_classes: int) -> list[str]:
+    labels = list(props.labels or [str(i) for i in range(num_classes)])
     if len(labels) != num_classes:
         raise UserError(f"the model has {num_classes} outputs but {len(labels)} labels")
     return labels

@@ -5,22 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The ONNX metadata_props the exporter writes and the server reads. The README ("Export,
-# fusion and parity") documents them for users.
-METADATA_PREFIX = "ln2d."
-METADATA_KEYS = (
-    "name",  # model name for the server and the v2 protocol
-    "labels",  # JSON list of class names, index order
-    "input",  # JSON: channels, height, width, mean, std, layout, color
-    "architecture",  # JSON ModelConfig
-    "eps",  # the norm epsilon, repr of the float
-    "version",  # ln2d version that wrote the file
-    "checkpoint_sha256",  # sha256 of the source checkpoint file
-    "fusion",  # JSON fusion summary: sites, counts, forms, node counts, checks, tuning
-    "precision",  # JSON, for reduced precision: int8 and how it was calibrated (absent: fp32)
-    "requires",  # the library a runtime must load for the model's custom op: ln2d.native
-)
-
 # ONNX Runtime's execution providers, by the names the command line takes.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # The options every ln2d session gives each provider. ONNX Runtime's CUDA provider runs fp32

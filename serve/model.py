@@ -6,7 +6,6 @@ Everything the server needs (name, labels, input size, mean/std) comes from the 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -14,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ln2d.constants import METADATA_PREFIX, PROVIDERS
+from ln2d.constants import PROVIDERS
+from ln2d.metadata import ModelMetadata
+from ln2d.preprocessing import SCALE
 from ln2d.runtime import ProviderNotActive, SessionSettings, available_providers, open_session
 
 log = logging.getLogger("ln2d.serve")
@@ -106,12 +107,8 @@ def _info(session, path: Path) -> ModelInfo:
             f"{path} outputs {outputs[0].shape}, not (N, classes) logits: ln2d serve classifies "
             "images; run this model with ONNX Runtime or Triton directly"
         )
-    meta = {
-        key.removeprefix(METADATA_PREFIX): value
-        for key, value in session.get_modelmeta().custom_metadata_map.items()
-        if key.startswith(METADATA_PREFIX)
-    }
     try:
+        meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
         return _from_metadata(meta, inputs[0], outputs[0])
     except (KeyError, ValueError, TypeError) as exc:
         log.warning(
@@ -123,28 +120,25 @@ def _info(session, path: Path) -> ModelInfo:
         return _from_graph(path, inputs[0], outputs[0])
 
 
-def _from_metadata(meta: dict[str, str], model_input, model_output) -> ModelInfo:
-    spec = json.loads(meta["input"])
-    labels = tuple(str(label) for label in json.loads(meta["labels"]))
-    channels = int(spec["channels"])
+def _from_metadata(meta: ModelMetadata, model_input, model_output) -> ModelInfo:
+    spec, labels = meta.input, meta.labels
+    if spec is None or labels is None or meta.name is None:
+        raise KeyError("name, labels or input")
     classes = model_output.shape[-1]
     if isinstance(classes, int) and classes != len(labels):
         raise ValueError(f"{len(labels)} labels for {classes} outputs")
-    mean, std = tuple(map(float, spec["mean"])), tuple(map(float, spec["std"]))
-    if len(mean) != channels or len(std) != channels or min(std) <= 0:
-        raise ValueError("mean/std do not match the channels")
     return ModelInfo(
-        name=meta["name"],
+        name=meta.name,
         labels=labels,
         input_name=model_input.name,
         output_name=model_output.name,
-        channels=channels,
-        height=int(spec["height"]),
-        width=int(spec["width"]),
-        mean=mean,
-        std=std,
-        scale=float(spec.get("scale", 1 / 255)),
-        precision=json.loads(meta["precision"])["precision"] if "precision" in meta else "fp32",
+        channels=spec.channels,
+        height=spec.height,
+        width=spec.width,
+        mean=spec.mean,
+        std=spec.std,
+        scale=spec.scale,
+        precision=meta.precision_name,
     )
 
 
@@ -166,5 +160,5 @@ def _from_graph(path: Path, model_input, model_output) -> ModelInfo:
         width=width or 32,
         mean=(0.0,) * channels,
         std=(1.0,) * channels,
-        scale=1 / 255,
+        scale=SCALE,
     )

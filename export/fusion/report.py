@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
+from ln2d.metadata import ModelMetadata
+
 
 @dataclass
 class Site:
@@ -66,13 +68,12 @@ class FusionReport:
             "notes": self.notes,
         }
 
-    def entries(self, target: str) -> dict:
+    def entries(self, target: str) -> ModelMetadata:
         """Every metadata entry fusion writes: ``fusion``, and ``requires`` where a site is
         ln2d's native op, so that whoever reads the file knows which library it needs."""
-        entries = {"fusion": self.metadata(target)}
-        if any(site.form == "native" for site in self.fused):
-            entries["requires"] = "ln2d.native"
-        return entries
+        native = any(site.form == "native" for site in self.fused)
+        requires = "ln2d.native" if native else None
+        return ModelMetadata(fusion=self.metadata(target), requires=requires)
 
     def metadata(self, target: str) -> dict:
         """The ``ln2d.fusion`` metadata entry: what was chosen per site, why, and timings."""

@@ -13,7 +13,6 @@ the same rule.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,8 +75,8 @@ def default_shape(model: onnx.ModelProto) -> tuple[int, ...]:
     """Batch 1 at the model's own input size: static dims, else the size an ln2d export
     records in its metadata, else 224."""
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    recorded = json.loads(metadata.read(model).get("input", "{}"))
-    sizes = {2: recorded.get("height", 224), 3: recorded.get("width", 224)}
+    recorded = metadata.read(model).input
+    sizes = {2: recorded.height, 3: recorded.width} if recorded else {}
     return tuple(
         d.dim_value if d.HasField("dim_value") else 1 if axis == 0 else sizes.get(axis, 224)
         for axis, d in enumerate(dims)

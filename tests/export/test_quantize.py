@@ -45,9 +45,9 @@ def test_int8_keeps_accuracy_and_every_norm_in_float(source, per_channel, reques
     ops = {node.op_type for node in quantized.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     _assert_statistics_in_float(quantized)
-    meta = metadata.read(quantized)
-    assert json.loads(meta["precision"])["precision"] == "int8"
-    assert {"name", "labels", "input"} <= set(meta)  # what the server needs carried over
+    meta = {p.key: p.value for p in quantized.metadata_props}
+    assert json.loads(meta["ln2d.precision"])["precision"] == "int8"
+    assert {"ln2d.name", "ln2d.labels", "ln2d.input"} <= set(meta)  # what the server needs
 
 
 def _assert_statistics_in_float(model: onnx.ModelProto) -> None:
@@ -135,7 +135,7 @@ def test_fp16_export_keeps_norm_statistics_and_io_in_fp32(digits_checkpoint, tmp
     assert constants and all(initializers[name] == fp32 for name in constants)  # not via fp16
     layers = [n for n in model.graph.node if n.op_type == "Conv" and n not in statistics]
     assert layers and all(types[n.output[0]] == fp16 for n in layers)
-    assert json.loads(metadata.read(model)["precision"])["precision"] == "fp16"
+    assert metadata.read(model).precision_name == "fp16"
     report = tmp_path / "parity.json"
     result = run_cli("parity", str(digits_checkpoint), str(half), "--json", str(report))
     assert result.returncode == 0, result.stdout
@@ -169,7 +169,7 @@ def test_fp16_sites_that_keep_wide_statistics_need_no_island(
     norms = [node for node in model.graph.node if is_norm(node)]
     assert norms and all(types[node.input[0]] == onnx.TensorProto.FLOAT16 for node in norms)
     assert [node.op_type for node in model.graph.node].count("Cast") == 2
-    assert json.loads(metadata.read(model)["precision"])["float_sites"] == []
+    assert metadata.read(model).precision["float_sites"] == []
     parity = run_cli("parity", str(digits_checkpoint), str(half), "--providers", "cpu")
     assert parity.returncode == 0, parity.stdout
 
