@@ -16,7 +16,7 @@ __all__ = ["check_parity", "export_module"]
 
 if TYPE_CHECKING:
     from ln2d.export.onnx_export import export_module
-    from ln2d.export.parity import check_parity
+    from ln2d.export.parity.check import check_parity
 
 
 def __getattr__(name: str):
@@ -25,7 +25,7 @@ def __getattr__(name: str):
 
         return export_module
     if name == "check_parity":
-        from ln2d.export.parity import check_parity
+        from ln2d.export.parity.check import check_parity
 
         return check_parity
     raise AttributeError(f"module 'ln2d.export' has no attribute {name!r}")

@@ -325,7 +325,8 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
 
 
 def run_parity(args: argparse.Namespace) -> int:
-    from ln2d.export.parity import ParityOptions, check_parity, precision_summary, run_parity_checks
+    from ln2d.export.parity.check import check_parity, run_parity_checks
+    from ln2d.export.parity.report import ParityOptions, precision_summary
 
     models = list(args.models)
     if args.user_model and args.checkpoint is not None:
@@ -343,7 +344,7 @@ def run_parity(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
     )
     if user_model:
-        from ln2d.export.parity import model_inputs
+        from ln2d.export.parity.inputs import model_inputs
         from ln2d.export.user_model import build
 
         network = build(args.user_model, args.weights)

@@ -85,7 +85,7 @@ class QuantizeReport:
 
 def quantize(model_path: Path, output: Path, options: QuantizeOptions) -> QuantizeReport:
     """Write the INT8 model to ``output`` and report its accuracy against the float model."""
-    from ln2d.export.parity import model_inputs  # loads torch: only when quantizing
+    from ln2d.export.parity.inputs import model_inputs
 
     source = load_model(model_path)
     images, labels = model_inputs(model_path, options.calibrate)

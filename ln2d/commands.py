@@ -160,32 +160,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ln2d.data import evaluation_data
     from ln2d.training import accuracy
 
     checkpoint = load_from_args(args)
-    x, y = checkpoint_eval_data(checkpoint, args.data)
+    x, y = evaluation_data(checkpoint, args.data)
     acc = accuracy(checkpoint.model(), x, y)
     print(f"accuracy {acc:.4f} on {len(y)} images ({args.data or 'digits validation split'})")
     return 0
-
-
-def checkpoint_eval_data(checkpoint, data: Path | None):
-    """Preprocessed (x, y): the digits validation split of the training run, or all of DIR."""
-    from ln2d.data import load_digits, load_image_folder, split
-
-    pre = checkpoint.preprocessing
-    if data is None:
-        dataset = load_digits(pre.height, pre.channels)
-        config = checkpoint.training.get("config", {})
-        _, dataset = split(dataset, config.get("val_fraction", 0.2), config.get("seed", 0))
-    else:
-        dataset = load_image_folder(data, pre.channels, pre.height, pre.width)
-        if dataset.labels != checkpoint.labels:
-            raise UserError(
-                f"{data} has classes {list(dataset.labels)} but the model has "
-                f"{list(checkpoint.labels)}"
-            )
-    return pre(dataset.images), dataset.targets
 
 
 def run_info(args: argparse.Namespace) -> int:

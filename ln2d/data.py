@@ -130,3 +130,21 @@ def split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Da
         index, test_size=val_fraction, random_state=seed, stratify=stratify
     )
     return dataset.subset(np.sort(train)), dataset.subset(np.sort(val))
+
+
+def evaluation_data(checkpoint, data: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed (x, y) for a checkpoint: the digits validation split of its training run, or
+    every image of the folder ``data``, whose classes must be the checkpoint's."""
+    pre = checkpoint.preprocessing
+    if data is None:
+        dataset = load_digits(pre.height, pre.channels)
+        config = checkpoint.training.get("config", {})
+        _, dataset = split(dataset, config.get("val_fraction", 0.2), config.get("seed", 0))
+    else:
+        dataset = load_image_folder(data, pre.channels, pre.height, pre.width)
+        if dataset.labels != checkpoint.labels:
+            raise UserError(
+                f"{data} has classes {list(dataset.labels)} but the model has "
+                f"{list(checkpoint.labels)}"
+            )
+    return pre(dataset.images), dataset.targets

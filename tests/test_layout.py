@@ -1,10 +1,13 @@
 """The dependency rules of docs/architecture.md, read from the source: no import cycle inside
-serve/, export imports nothing of serve, serve nothing of export or the model library, and only
-ln2d/runtime.py opens ONNX Runtime sessions."""
+serve/, export imports nothing of serve, serve nothing of export or the model library, only
+ln2d/runtime.py opens ONNX Runtime sessions, and nothing that works on ONNX files alone loads
+torch."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.helpers import ROOT
@@ -78,3 +81,20 @@ def test_only_the_runtime_module_opens_onnx_runtime_sessions():
         if "InferenceSession(" in path.read_text() or "SessionOptions(" in path.read_text()
     }
     assert opening <= {"ln2d.runtime", "ln2d.native"}, opening  # native: the op's registration
+
+
+# The ONNX-only parts: what works on an ONNX file, with no PyTorch module involved.
+ONNX_ONLY = (
+    "ln2d.export.fusion", "ln2d.export.onnx_io", "ln2d.export.quantize", "ln2d.export.timing",
+    "ln2d.export.bench_worker", "ln2d.export.bench_fuse", "ln2d.export.triton_repo",
+    "ln2d.export.parity.report", "ln2d.export.parity.compare", "ln2d.export.parity.inputs",
+    "ln2d.runtime", "ln2d.metadata",
+)  # fmt: skip
+
+
+def test_nothing_onnx_only_imports_torch():
+    imports = "; ".join(f"import {module}" for module in ONNX_ONLY)
+    probe = f"import sys; {imports}; print(sorted(m for m in sys.modules if m == 'torch'))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
