@@ -24,9 +24,9 @@ import onnxruntime as ort
 import torch
 
 from ln2d.export.bench_models import NETWORKS, build
+from ln2d.export.fp16 import to_fp16
 from ln2d.export.fusion import lower, match
 from ln2d.export.fusion.forms import FORMS, lowers
-from ln2d.export.half import to_fp16
 from ln2d.export.numerics import close, tolerance
 from ln2d.export.onnx_export import DEFAULT_OPSET, INPUT_NAME, module_to_onnx
 from ln2d.export.placement import run_and_place

@@ -20,8 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ln2d.serve.bench_serve import _encoded, _photo, _plain_server
-from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.tools.bench_serve import _encoded, _photo, _plain_server
+from ln2d.serve.tools.launcher import ServerProcess
 
 REQUESTS = {1: 2000, 32: 6000}
 

@@ -16,9 +16,9 @@ import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from ln2d.cpu_quota import available_cpus
-from ln2d.serve.bench_serve import _encoded, _photo
 from ln2d.serve.images import decode
 from ln2d.serve.model import ModelInfo
+from ln2d.serve.tools.bench_serve import _encoded, _photo
 
 INFO = ModelInfo(
     name="decode-bench",

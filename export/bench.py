@@ -165,7 +165,7 @@ def _fp16_twins(graphs: dict[str, onnx.ModelProto]) -> dict[str, onnx.ModelProto
     """Each standard-op variant but decomposed as ``ln2d export --precision fp16`` makes it
     (decomposed has no sites to keep in fp32); no-norm's twin measures fp16's norm overhead.
     The native op runs on the CPU only, so graphs with it have no twin."""
-    from ln2d.export.half import to_fp16
+    from ln2d.export.fp16 import to_fp16
 
     return {
         FP16 + name: to_fp16(graph)

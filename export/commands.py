@@ -66,66 +66,42 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ln2d.export.onnx_export import default_opset, export_checkpoint
+    from ln2d.export.onnx_export import default_opset, export_checkpoint, export_module
     from ln2d.export.onnx_io import save_model
 
-    opset = args.opset or default_opset(args.target)
-    if args.precision == "fp16" and args.no_fuse:
-        raise UserError("--precision fp16 needs fusion, which keeps the norms' statistics fp32")
-    with tempfile.TemporaryDirectory() as scratch:
-        # fp16 is converted from the fp32 export: only the converted model reaches --output.
-        fp32 = Path(scratch) / "fp32.onnx" if args.precision == "fp16" else args.output
-        if _user_model(args):
-            report = _export_user_model(args, opset, fp32)
-        else:
-            checkpoint = load_from_args(args)
-            proto, report = export_checkpoint(checkpoint, opset, not args.no_fuse, args.target)
-            save_model(proto, fp32)
-        if args.precision == "fp16":
-            save_model(_fp16(fp32), args.output)
+    options = {"target": args.target, "opset": args.opset, "fuse": not args.no_fuse}
+    options["precision"] = args.precision
+    if _user_model(args):
+        model, example, preprocessing = _user_network(args)
+        report = export_module(
+            model, example, args.output, labels=args.labels, preprocessing=preprocessing, **options
+        )
+    else:
+        proto, report = export_checkpoint(load_from_args(args), **options)
+        save_model(proto, args.output)
     if report is not None:
         print(report.table())
         _write(args.report, report.to_json())
+    opset = args.opset or default_opset(args.target)
     print(f"wrote {args.output} (opset {opset}, {args.precision})")
     return 0
 
 
-def _fp16(path: Path):
-    from ln2d.export.half import to_fp16
-    from ln2d.export.onnx_io import load_model
-
-    try:
-        return to_fp16(load_model(path))
-    except Exception as exc:  # the converter and the checker raise many types
-        raise UserError(f"fp16 conversion failed: {' '.join(str(exc).split())}") from None
-
-
-def _export_user_model(args: argparse.Namespace, opset: int, output: Path):
+def _user_network(args: argparse.Namespace):
+    """--model's network, an example input of --input's size, and --mean / --std."""
     import torch
 
-    from ln2d.export.onnx_export import export_module
     from ln2d.export.user_model import build
 
     if args.input is None:
         raise UserError("--model needs --input CxHxW, the size of one input image")
     channels, height, width = args.input
-    model = build(args.user_model, args.weights)
     preprocessing = {
         "mean": args.mean or (0.0,) * channels,
         "std": args.std or (1.0,) * channels,
     }
-    if len(preprocessing["mean"]) != channels or len(preprocessing["std"]) != channels:
-        raise UserError(f"--mean and --std need {channels} values, one per input channel")
-    return export_module(
-        model,
-        torch.zeros(2, channels, height, width),
-        output,
-        labels=args.labels,
-        preprocessing=preprocessing,
-        target=args.target,
-        opset=opset,
-        fuse=not args.no_fuse,
-    )
+    model = build(args.user_model, args.weights)
+    return model, torch.zeros(2, channels, height, width), preprocessing
 
 
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:

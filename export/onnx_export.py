@@ -38,6 +38,28 @@ MIN_OPSET = 18  # the dynamo exporter emits ReduceMean with axes as input (opset
 TORCHSCRIPT_OPSET = 18  # what the fallback writes when the dynamo exporter fails
 
 
+PRECISIONS = ("fp32", "fp16")
+
+
+def _check_precision(precision: str, fuse: bool) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r}: choose fp32 or fp16")
+    if precision == "fp16" and not fuse:
+        raise UserError("fp16 needs fusion, which keeps the norms' statistics in fp32")
+
+
+def _in_precision(proto: onnx.ModelProto, precision: str) -> onnx.ModelProto:
+    """The model itself for fp32; for fp16 converted, the norms' statistics kept in fp32."""
+    if precision == "fp32":
+        return proto
+    from ln2d.export.fp16 import to_fp16
+
+    try:
+        return to_fp16(proto)
+    except Exception as exc:  # the converter and the checker raise many types
+        raise UserError(f"fp16 conversion failed: {' '.join(str(exc).split())}") from None
+
+
 def default_opset(target: str) -> int:
     """The opset ``ln2d export --target TARGET`` writes when not told."""
     return TARGET_OPSETS.get(target, DEFAULT_OPSET)
@@ -52,19 +74,25 @@ def export_module(
     preprocessing: dict | None = None,
     name: str | None = None,
     target: str = DEFAULT_TARGET,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     fuse: bool = True,
+    precision: str = "fp32",
     min_size: int = 2,
 ) -> FusionReport | None:
     """Export ``model`` (NCHW in, one tensor out) to ``path``: fused for ``target`` and through
-    the gate, with serving metadata. ``preprocessing`` holds ``mean`` and ``std`` per channel
-    (default 0 and 1); ``labels`` default to the class indices when the output is (N, classes).
-    Returns the fusion report (None with ``fuse=False``)."""
+    the gate, with serving metadata, in ``precision`` (fp32, or fp16 with the norms' statistics
+    in fp32). ``opset`` defaults to the target's (``default_opset``). ``preprocessing`` holds
+    ``mean`` and ``std`` per channel (default 0 and 1); ``labels`` default to the class indices
+    when the output is (N, classes). Returns the fusion report (None with ``fuse=False``)."""
+    _check_precision(precision, fuse)
     model = model.eval()
-    proto, report = to_onnx(model, example_input, opset, fuse, target, min_size)
+    opset = opset or default_opset(target)
     channels, height, width = example_input.shape[1:]
     pre = {"mean": (0.0,) * channels, "std": (1.0,) * channels, **(preprocessing or {})}
+    if len(pre["mean"]) != channels or len(pre["std"]) != channels:
+        raise UserError(f"mean and std need {channels} values, one per input channel")
     spec = InputSpec(channels, height, width, tuple(pre["mean"]), tuple(pre["std"]))
+    proto, report = to_onnx(model, example_input, opset, fuse, target, min_size)
     if labels is None and len(proto.graph.output[0].type.tensor_type.shape.dim) == 2:
         with torch.inference_mode():
             classes = model(example_input[:1]).shape[1]
@@ -76,18 +104,21 @@ def export_module(
         labels=None if labels is None else tuple(labels),
     )
     metadata.write(proto, values)
-    save_model(proto, Path(path))
+    save_model(_in_precision(proto, precision), Path(path))
     return report
 
 
 def export_checkpoint(
     checkpoint: Checkpoint,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     fuse: bool = True,
     target: str = DEFAULT_TARGET,
+    precision: str = "fp32",
 ) -> tuple[onnx.ModelProto, FusionReport | None]:
     """The ONNX model of a SimpleLN_CNN ``checkpoint``, fused for ``target`` unless ``fuse`` is
-    false, with metadata."""
+    false, with metadata, in ``precision``; ``opset`` defaults to the target's."""
+    _check_precision(precision, fuse)
+    opset = opset or default_opset(target)
     pre = checkpoint.preprocessing
     example = torch.zeros(2, pre.channels, pre.height, pre.width)
     model = checkpoint.model()
@@ -103,7 +134,7 @@ def export_checkpoint(
     )
     metadata.write(proto, values)
     proto.doc_string = f"SimpleLN_CNN exported by ln2d {__version__}"
-    return proto, report
+    return _in_precision(proto, precision), report
 
 
 def to_onnx(

@@ -4,7 +4,7 @@
     nodes of every site excluded) -> checker + ONNX Runtime load -> accuracy against fp32
 
 A quantizer that puts Q/DQ pairs inside a norm rounds its mean and variance to 8 bits and
-wrecks its precision. The sites' statistics nodes (``fusion.islands``) are left out of
+wrecks its precision. The sites' statistics nodes (``fusion.site_nodes``) are left out of
 quantization: the norm reads the dequantized input and computes in float.
 """
 
@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ln2d.errors import UserError
 from ln2d.export import metadata
 from ln2d.export.fusion import Site, fuse_model
-from ln2d.export.fusion.islands import statistics_nodes
+from ln2d.export.fusion.site_nodes import statistics_nodes
 from ln2d.export.fusion.verify import FusionError
 from ln2d.export.onnx_io import load_model, save_model
 from ln2d.metadata import ModelMetadata

@@ -10,12 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-from ln2d.cli import int_list
+from ln2d.cli import EXIT_BAD_INPUT, int_list
 from ln2d.errors import UserError, writing
-from ln2d.serve.client import DEFAULT_URL
 from ln2d.serve.settings import ENV_PREFIX, Settings
-
-EXIT_BAD_INPUT = 2
+from ln2d.serve.tools.client import DEFAULT_URL
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -88,7 +86,7 @@ def _add_bench_serve(commands: argparse._SubParsersAction) -> None:
 def run_bench_serve(args: argparse.Namespace) -> int:
     import shlex
 
-    from ln2d.serve.bench_serve import BenchOptions, run, table
+    from ln2d.serve.tools.bench_serve import BenchOptions, run, table
 
     if not args.model.is_file():
         raise UserError(f"model file not found: {args.model}")
@@ -139,15 +137,15 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**given)
     except ValidationError as exc:
-        return _fail("serve", _validation_message(exc))
+        raise UserError(_validation_message(exc)) from None
     try:
         return 0 if serve(settings) else 1
     except ModelLoadError as exc:
-        return _fail("serve", str(exc))
+        raise UserError(str(exc)) from None
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ln2d.serve.launcher import LaunchError, ServerProcess
+    from ln2d.serve.tools.launcher import LaunchError, ServerProcess
 
     if args.serve is None:
         return _predict_all(args, args.url)
@@ -156,19 +154,20 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"started ln2d serve {args.serve} at {server.url}", file=sys.stderr)
             return _predict_all(args, server.url)
     except LaunchError as exc:
-        return _fail("predict", str(exc))
+        raise UserError(str(exc)) from None
 
 
 def _predict_all(args: argparse.Namespace, url: str) -> int:
-    from ln2d.serve.client import ClientFailure, classify
+    from ln2d.serve.tools.client import ClientFailure, classify
 
     token = os.environ.get(f"{ENV_PREFIX}TOKEN")
     status = 0
     for path in args.images:
         try:
             answer = classify(path, url, args.top_k, token, args.timeout)
-        except ClientFailure as exc:
-            status = _fail("predict", str(exc))
+        except ClientFailure as exc:  # one line per image that failed; the others still run
+            print(f"ln2d predict: error: {exc}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
             continue
         if args.json:
             print(json.dumps({"file": str(path), **answer}))
@@ -187,8 +186,3 @@ def _validation_message(exc: Exception) -> str:
         else:
             problems.append(f"--{name.replace('_', '-')}: {error['msg']}")
     return "; ".join(problems)
-
-
-def _fail(command: str, message: str) -> int:
-    print(f"ln2d {command}: error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess
 from tests.helpers import DOCKERFILES, ROOT, image_command
 from tests.images import digit, png
 

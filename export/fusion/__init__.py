@@ -23,11 +23,11 @@ from onnxscript.rewriter import pattern
 from ln2d.export.fusion.canonicalize import canonical_rules
 from ln2d.export.fusion.diagnose import rejected_sites
 from ln2d.export.fusion.forms import centrable, lowers
-from ln2d.export.fusion.islands import SITE_PREFIX
 from ln2d.export.fusion.lowering import lowering_rules
 from ln2d.export.fusion.patterns import DOMAIN, PLACEHOLDER, affine_rules, matching_rules
 from ln2d.export.fusion.report import FusionReport, Site, op_histogram
 from ln2d.export.fusion.scopes import site_modules
+from ln2d.export.fusion.site_nodes import SITE_PREFIX
 from ln2d.export.fusion.targets import DEFAULT_TARGET, FormChoice, chooser
 from ln2d.export.fusion.verify import FusionError, verify
 

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 
 from ln2d.errors import CheckFailed
-from ln2d.export.fusion.islands import SITE_PREFIX
 from ln2d.export.fusion.report import FusionReport
+from ln2d.export.fusion.site_nodes import SITE_PREFIX
 from ln2d.export.numerics import close, numpy_type, tolerance
 from ln2d.runtime import SessionSettings, open_session
 

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess
 from tests.helpers import DOCKERFILES, ROOT, image_command
 
 pytestmark = pytest.mark.integration

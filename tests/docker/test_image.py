@@ -25,7 +25,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess
 from tests.helpers import DOCKERFILES, ROOT, image_command
 from tests.images import digit, encode, png
 

@@ -11,7 +11,7 @@ import pytest
 
 from ln2d import native
 from ln2d.export import metadata
-from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess
 from tests.helpers import run_cli
 from tests.images import digit, png
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from ln2d.export import check_parity, export_module
-from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess
 from tests import user_networks
 from tests.helpers import run_cli
 from tests.images import png
@@ -171,3 +171,27 @@ def _scale_site_weight(model: onnx.ModelProto, output: str) -> None:
     scale = initializers[node.input[1]]
     array = onnx.numpy_helper.to_array(scale) * 1.5
     scale.CopyFrom(onnx.numpy_helper.from_array(array.astype(np.float32), scale.name))
+
+
+@pytest.mark.parametrize(("target", "precision"), [("cpu", "fp32"), ("cuda", "fp16")])
+def test_the_python_api_writes_what_the_command_writes(tmp_path, target, precision):
+    """export_module and ``ln2d export --model`` share their defaults: the opset each target
+    gets unless told (21 for cuda), the precision, the metadata."""
+
+    module = user_networks.trained_like(user_networks.sam_net(), seed=3)
+    weights = tmp_path / "weights.safetensors"
+    save_file(module.state_dict(), str(weights))
+    api, cli = tmp_path / "api.onnx", tmp_path / "cli.onnx"
+    example = torch.zeros(2, 3, 16, 16)
+    export_module(module, example, api, target=target, precision=precision, name="sam_net")
+    result = run_cli(
+        "export", "--model", "tests.user_networks:sam_net", "--weights", str(weights),
+        "--input", "3x16x16", "--target", target, "--precision", precision, "-o", str(cli),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = [onnx.load(str(path)) for path in (api, cli)]
+    opsets = [next(o.version for o in m.opset_import if o.domain == "") for m in written]
+    props = [{p.key: p.value for p in m.metadata_props} for m in written]
+    assert opsets[0] == opsets[1] == (21 if target == "cuda" else 23)
+    for key in ("ln2d.input", "ln2d.labels", "ln2d.precision", "ln2d.fusion"):
+        assert props[0].get(key) == props[1].get(key), key

@@ -21,7 +21,7 @@ from onnx import helper
 
 from ln2d import native
 from ln2d.layers import LayerNorm2d
-from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess
 from tests.helpers import run_cli
 from tests.images import digit, png
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess
 
 pytestmark = pytest.mark.integration
 

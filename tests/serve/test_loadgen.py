@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ln2d.serve.launcher import ServerProcess
-from ln2d.serve.loadgen import header, http_request, run_load
+from ln2d.serve.tools.launcher import ServerProcess
+from ln2d.serve.tools.loadgen import header, http_request, run_load
 from tests.images import digit, png
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess
 from tests.images import digit, encode
 
 playwright_api = pytest.importorskip("playwright.sync_api")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ln2d.data import Preprocessing
-from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess
 from tests.helpers import reference_session
 from tests.images import digit, encode, png, png_header_only
 

@@ -19,8 +19,8 @@ import pytest
 
 from ln2d.cpu_quota import cgroup_quota
 from ln2d.data import Preprocessing
-from ln2d.serve.launcher import ServerProcess
-from ln2d.serve.loadgen import http_request, run_load
+from ln2d.serve.tools.launcher import ServerProcess
+from ln2d.serve.tools.loadgen import http_request, run_load
 from tests.helpers import run_cli
 from tests.images import digit, png
 
@@ -204,8 +204,8 @@ def test_serve_imports_neither_torch_nor_the_model_library():
     model_library = ("ln2d.layers", "ln2d.model", "ln2d.training", "ln2d.data", "ln2d.export")
     code = (
         "import sys\n"
-        "import ln2d.serve.app, ln2d.serve.server, ln2d.serve.commands, ln2d.serve.launcher\n"
-        "import ln2d.serve.client\n"
+        "import ln2d.serve.app, ln2d.serve.server, ln2d.serve.commands, ln2d.serve.tools.launcher\n"
+        "import ln2d.serve.tools.client\n"
         f"bad = [m for m in sys.modules if m == 'torch' or m.startswith({model_library!r})]\n"
         "sys.exit(f'imported {bad}' if bad else 0)"
     )

@@ -8,7 +8,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from ln2d.serve.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess
 from tests.helpers import reference_session
 
 pytestmark = pytest.mark.integration

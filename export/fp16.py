@@ -2,7 +2,7 @@
 statistics in fp32 (Casts around them), inputs and outputs in fp32 so that clients do not change.
 
 A channel mean and variance summed in fp16 lose the bits that the normalisation then divides
-by, so the statistics nodes (``fusion.islands``) stay fp32; onnxconverter-common inserts the
+by, so the statistics nodes (``fusion.site_nodes``) stay fp32; onnxconverter-common inserts the
 Casts at their boundary. A site whose statistics one LayerNormalization computes needs no
 island: for fp16 input it keeps its mean and variance in fp32 itself (``stash_type`` 1, the
 default), so such a site (the cuda and portable targets' form) runs in fp16 with no Casts.
@@ -16,7 +16,7 @@ import onnx
 from onnxconverter_common.float16 import convert_float_to_float16
 
 from ln2d.export import metadata
-from ln2d.export.fusion.islands import site_of, statistics_nodes
+from ln2d.export.fusion.site_nodes import site_of, statistics_nodes
 from ln2d.metadata import ModelMetadata
 
 

@@ -4,7 +4,7 @@ centred Conv of ``centred_conv`` (the layer's own Conv, which computes the norm'
 from __future__ import annotations
 
 from ln2d.export.fusion import lower, match
-from ln2d.export.fusion.islands import site_of, statistics_nodes
+from ln2d.export.fusion.site_nodes import site_of, statistics_nodes
 from tests.generated_graphs import GraphRecipe, build
 
 

@@ -29,11 +29,11 @@ import numpy as np
 from fastapi import FastAPI, Request
 
 from ln2d.serve import images
-from ln2d.serve.launcher import ServerProcess
-from ln2d.serve.loadgen import LoadResult, http_request, run_load
 from ln2d.serve.model import Model, ModelInfo
 from ln2d.serve.server import inference_threads
 from ln2d.serve.settings import Settings
+from ln2d.serve.tools.launcher import ServerProcess
+from ln2d.serve.tools.loadgen import LoadResult, http_request, run_load
 
 PLAIN_MODEL = "LN2D_BENCH_PLAIN_MODEL"  # the variable that tells plain_app what to serve
 
