@@ -40,6 +40,7 @@ def test_a_malformed_entry_is_refused_by_name(key, text):
         ModelMetadata.from_props({key: text})
 
 
+@pytest.mark.integration  # a trained and exported model
 def test_what_export_writes_is_what_every_reader_reads(digits_onnx):
     from ln2d.export import metadata
     from ln2d.export.fusion.tune import default_shape
