@@ -31,7 +31,7 @@ INPUT_NAME = "input"  # float32 (N, C, H, W), normalised as the "ln2d.input" met
 OUTPUT_NAME = "logits"  # float32 (N, num_classes) before softmax, or any tensor a network gives
 DEFAULT_OPSET = 23  # newest opset ONNX Runtime 1.32 (CPU) and 1.31 (GPU) run; >= 17 needed
 # ONNX Runtime 1.31's CUDA provider has no kernel for MaxPool-22: at opset 22 and 23 a pool ran
-# on the CPU, with copies to and from the GPU around it (docs/crosscheck_cuda.py on an H100).
+# on the CPU, with copies to and from the GPU around it (scripts/crosscheck_cuda.py on an H100).
 # At 21 every node of the bench networks ran on the GPU.
 TARGET_OPSETS = {"cuda": 21}
 MIN_OPSET = 18  # the dynamo exporter emits ReduceMean with axes as input (opset 18)

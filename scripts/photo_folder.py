@@ -5,10 +5,10 @@ scikit-image ships seven colour photographs (astronaut, coffee, cat, rocket, a s
 a retina, the Hubble deep field). Each becomes a class; its samples are random crops of 48 to
 160 pixels, so that telling them apart needs colour and texture, not one fixed view. 160 crops
 per class by default, saved as PNG into DIR/<class>/; ``--crops N --size S`` makes N per class,
-each resized to S x S (``--crops 7143 --size 64``: 50,001 photos, for docs/train_memory.py).
+each resized to S x S (``--crops 7143 --size 64``: 50,001 photos, for scripts/train_memory.py).
 
     pip install scikit-image
-    python docs/photo_folder.py DIR [--crops N] [--size S]
+    python scripts/photo_folder.py DIR [--crops N] [--size S]
     ln2d train --data DIR --size 32 --out photos.safetensors
     ln2d export photos.safetensors -o photos.onnx
     ln2d quantize photos.onnx -o photos.int8.onnx --calibrate DIR

@@ -13,7 +13,7 @@ call for one variant, 0 for the same variant after another had run).
   out here, and F.layer_norm on channels_last input, at the three goal shapes, fp32;
 - a SimpleLN_CNN training step (64x64, batch 32, SGD) with LayerNorm2d and with BatchNorm.
 
-    python docs/crosscheck_train.py   # about four minutes on 2 cores
+    python scripts/crosscheck_train.py   # about four minutes on 2 cores
 """
 
 from __future__ import annotations

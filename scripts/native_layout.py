@@ -8,7 +8,7 @@ outside is to switch the layout transformer off for the session (``NchwcTransfor
 side in a shuffled order, 2 threads, spinning off, with an A/A control (the cpu-native session
 with NCHWc opened twice: the ratio of the two says how far apart equal things measure).
 
-    python docs/native_layout.py   # about a minute on 2 cores
+    python scripts/native_layout.py   # about a minute on 2 cores
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Nothing of ``ln2d bench`` is reused: the networks are exported by TorchScript
 ``ln2d fuse`` command line, and each model is timed in a fresh Python process of its own
 (no torch imported there) in blocks of runs, the two models' blocks alternating.
 
-    python docs/crosscheck.py   # about two minutes on 2 cores
+    python scripts/crosscheck.py   # about two minutes on 2 cores
 """
 
 from __future__ import annotations

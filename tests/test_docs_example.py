@@ -1,5 +1,5 @@
-"""The README's bring-your-own-model section runs as written: its files, its commands and its
-Python, in a fresh folder."""
+"""The bring-your-own-model section of docs/export.md runs as written: its files, its commands
+and its Python, in a fresh folder."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ pytestmark = pytest.mark.integration
 
 
 def _blocks() -> list[tuple[str, str]]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("<!-- byom:start")[1].split("<!-- byom:end -->")[0]
+    page = (ROOT / "docs" / "export.md").read_text()
+    section = page.split("<!-- byom:start")[1].split("<!-- byom:end -->")[0]
     return re.findall(r"```(python|bash)\n(.*?)```", section, re.S)
 
 

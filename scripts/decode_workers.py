@@ -6,7 +6,7 @@ script decodes the serving benchmark's bodies (a 224x224 PNG photo and a 12-mega
 for a 3x32x32 model) with the server's own ``images.decode``, in a pool of threads and in a
 pool of processes of the same size, in alternating rounds, and prints images per second.
 
-    python docs/decode_workers.py   # about a minute on 2 cores
+    python scripts/decode_workers.py   # about a minute on 2 cores
 """
 
 from __future__ import annotations

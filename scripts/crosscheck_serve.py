@@ -8,7 +8,7 @@ alive, so every request opens a connection: on both servers alike. ab counts ans
 length differs from the first as failed; the JSON carries timings, so only non-2xx counts.
 
     sudo apt-get install apache2-utils   # once
-    python docs/crosscheck_serve.py MODEL.onnx   # about two minutes on 2 cores
+    python scripts/crosscheck_serve.py MODEL.onnx   # about two minutes on 2 cores
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Sessions use ln2d's provider options (``PROVIDER_OPTIONS``: no TF32 for fp32).
 
 Needs onnxruntime-gpu with CUDAExecutionProvider and a GPU; exits 1 if any row fails.
 
-    python docs/crosscheck_cuda.py [--json OUT] [--opset N] [--network NAME ...]
+    python scripts/crosscheck_cuda.py [--json OUT] [--opset N] [--network NAME ...]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Nothing of ``ln2d bench`` is reused: a bare LayerNorm2d (C = 96) is exported by 
 ``onnx.helper``, and each is timed at 8x96x56x56 in a fresh Python process of its own (200
 runs after 20 warm-up runs, 2 threads, spinning off), the two alternating, four times each.
 
-    python docs/crosscheck_native.py   # about half a minute on 2 cores
+    python scripts/crosscheck_native.py   # about half a minute on 2 cores
 """
 
 from __future__ import annotations

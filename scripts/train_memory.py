@@ -3,8 +3,8 @@
 Runs ``ln2d train --data DIR --size 64 --epochs 1`` as a child process and reports the child's
 peak RSS (``getrusage``), next to what the folder's images take as uint8 and as float32.
 
-    python docs/photo_folder.py /tmp/photos50k --crops 7143 --size 64   # 50,001 photos
-    python docs/train_memory.py /tmp/photos50k
+    python scripts/photo_folder.py /tmp/photos50k --crops 7143 --size 64   # 50,001 photos
+    python scripts/train_memory.py /tmp/photos50k
 """
 
 from __future__ import annotations
