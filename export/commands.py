@@ -104,9 +104,9 @@ def _user_network(args: argparse.Namespace):
     return model, torch.zeros(2, channels, height, width), preprocessing
 
 
-def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_source_arguments(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     """CKPT (a SimpleLN_CNN checkpoint), or --model and --weights for any network."""
-    add_checkpoint_arguments(parser, optional=True)
+    add_checkpoint_arguments(parser, optional=True, positional=positional)
     own = parser.add_argument_group("your own network (instead of CKPT)")
     own.add_argument(
         "--model",
@@ -259,13 +259,16 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
         "agreement for an int8 one (ln2d quantize). Exit code 0 only when every requested "
         "comparison passed.",
     )
-    _add_source_arguments(parity)
+    # One list of files: CKPT first unless --model, then the ONNX files. A CKPT positional of
+    # its own would take the first ONNX file whenever --model is given.
+    _add_source_arguments(parity, positional=False)
     parity.add_argument(
-        "models",
+        "files",
         type=Path,
         nargs="+",
-        metavar="MODEL.onnx",
-        help="one or more: an fp32 export, its int8 and fp16 variants ... (compared in a summary)",
+        metavar="[CKPT] MODEL.onnx",
+        help="CKPT (not with --model), then one or more ONNX files: an fp32 export, its int8 "
+        "and fp16 variants ... (compared in a summary)",
     )
     parity.add_argument(
         "--providers",
@@ -304,12 +307,10 @@ def run_parity(args: argparse.Namespace) -> int:
     from ln2d.export.parity.check import check_parity, run_parity_checks
     from ln2d.export.parity.report import ParityOptions, precision_summary
 
-    models = list(args.models)
-    if args.user_model and args.checkpoint is not None:
-        # With --model there is no CKPT: argparse gave the first model file to its slot.
-        models.insert(0, args.checkpoint)
-        args.checkpoint = None
-    user_model = _user_model(args)
+    user_model = bool(args.user_model)
+    checkpoint, models = (None, args.files) if user_model else (args.files[0], args.files[1:])
+    if not models:
+        raise UserError("give CKPT and one or more MODEL.onnx, or --model with MODEL.onnx")
     options = ParityOptions(
         providers=args.providers,
         data=args.data or ("random" if user_model else "digits"),
@@ -327,8 +328,8 @@ def run_parity(args: argparse.Namespace) -> int:
         x, labels = model_inputs(models[0], options.data)
         reports = [check_parity(network, path, x, options, labels) for path in models]
     else:
-        checkpoint = load_from_args(args)
-        reports = [run_parity_checks(checkpoint, path, options) for path in models]
+        source = load_from_args(args, checkpoint)
+        reports = [run_parity_checks(source, path, options) for path in models]
     print("\n\n".join(report.table() for report in reports))
     if len(reports) > 1:
         print("\n" + precision_summary(reports))

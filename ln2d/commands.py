@@ -83,15 +83,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     samples.set_defaults(run=run_samples, extra="torch")
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
-    """CKPT plus the flags that describe a plain .pt/.pth state dict (ignored for ln2d files)."""
-    parser.add_argument(
-        "checkpoint",
-        type=Path,
-        nargs="?" if optional else None,
-        metavar="CKPT",
-        help="a SimpleLN_CNN checkpoint: .safetensors, .pt or .pth",
-    )
+def add_checkpoint_arguments(
+    parser: argparse.ArgumentParser, optional: bool = False, positional: bool = True
+) -> None:
+    """CKPT (unless the command takes it among other files) plus the flags that describe a
+    plain .pt/.pth state dict (ignored for ln2d files)."""
+    if positional:
+        parser.add_argument(
+            "checkpoint",
+            type=Path,
+            nargs="?" if optional else None,
+            metavar="CKPT",
+            help="a SimpleLN_CNN checkpoint: .safetensors, .pt or .pth",
+        )
     group = parser.add_argument_group("plain state dict (.pt/.pth) architecture flags")
     group.add_argument("--norm", default="layernorm2d", help="norm layer the weights were for")
     group.add_argument("--eps", type=float, default=1e-6, help="norm epsilon")
@@ -101,12 +105,13 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, optional: bool = F
     group.add_argument("--std", type=_floats, help="per-channel std")
 
 
-def load_from_args(args: argparse.Namespace):
+def load_from_args(args: argparse.Namespace, path: Path | None = None):
+    """The checkpoint ``path`` (default: CKPT), read with the state-dict flags."""
     from ln2d.checkpoint import StateDictFlags, load_checkpoint
 
     flags = StateDictFlags(args.norm, args.eps, args.labels, args.size, args.mean, args.std)
     try:
-        return load_checkpoint(args.checkpoint, flags)
+        return load_checkpoint(path or args.checkpoint, flags)
     except ValueError as exc:  # ModelConfig validation, e.g. an unknown --norm
         raise UserError(str(exc)) from exc
 

@@ -180,3 +180,12 @@ def test_fuse_truncated_and_old_opset(exported, tmp_path):
     onnx.save(old, str(tmp_path / "old.onnx"))
     result = run_cli("fuse", str(tmp_path / "old.onnx"), "-o", str(tmp_path / "o.onnx"))
     assert result.returncode == 2 and "opset 11" in result.stderr
+
+
+def test_parity_without_a_model_file_after_ckpt_says_so(tmp_path):
+    # One file and no --model: it is CKPT, and no ONNX file is left to compare.
+    result = run_cli("parity", str(tmp_path / "model.onnx"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "ln2d parity: error: give CKPT and one or more MODEL.onnx, or --model with MODEL.onnx"
+    )
