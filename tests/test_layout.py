@@ -98,3 +98,12 @@ def test_nothing_onnx_only_imports_torch():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_only_the_metadata_modules_read_or_write_model_metadata():
+    touching = {n for n, path in _modules().items() if "model.metadata_props" in path.read_text()}
+    assert touching == {"ln2d.export.metadata"}, touching
+    # The server gets ONNX Runtime's map of entries and hands it to the schema, nothing more.
+    (reader,) = [line for line in (ROOT / "serve" / "model.py").read_text().splitlines()
+                 if "custom_metadata_map" in line]  # fmt: skip
+    assert "ModelMetadata.from_props(" in reader
