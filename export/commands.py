@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -188,66 +187,22 @@ def _add_fuse(commands: argparse._SubParsersAction) -> None:
 
 
 def run_fuse(args: argparse.Namespace) -> int:
-    from ln2d.export import metadata, onnx_io
-    from ln2d.export.fusion import lower, match, verify
+    from ln2d.export.fusion.files import FuseFileOptions, fuse_file
 
-    if args.shape and not args.tune:
-        raise UserError("--shape only applies with --tune")
-    progress = not args.no_progress
-    with onnx_io.opened(args.input, progress) as source:
-        stage = _stages(progress and onnx_io.tensor_bytes(source.proto) > onnx_io.SPILL_BYTES)
-        stage("matching")
-        model = onnx_io.raise_opset(source.proto, args.opset) if args.opset else source.proto
-        matched = match(model, source.folder)
-        fused, report = _tuned(matched, args) if args.tune else lower(matched, args.target)
-        if report.fused:
-            metadata.write(fused, report.entries(args.target if not args.tune else "tune"))
-        external = _external_output(args, source, fused, report)
-        with onnx_io.staged(args.output) as written:
-            onnx_io.write(fused, written, source.folder, external, progress)
-            del fused  # weights written inline were loaded for it: the gate reads the file
-            stage("checking: onnx.checker, ONNX Runtime, the input's numbers")
-            verify(source.path, written, report)  # against the file as it came, opset raise too
-    print(report.table())
-    _write(args.report, report.to_json())
-    print(f"wrote {args.output}" + (f" and {args.output.name}.data" if external else ""))
+    options = FuseFileOptions(
+        target=args.target,
+        opset=args.opset,
+        tune=args.tune,
+        shapes=tuple(args.shape or ()),
+        threads=args.threads,
+        external_data=args.external_data,
+        progress=not args.no_progress,
+    )
+    fused = fuse_file(args.input, args.output, options)
+    print(fused.report.table())
+    _write(args.report, fused.report.to_json())
+    print(f"wrote {args.output}" + (f" and {args.output.name}.data" if fused.external else ""))
     return 0
-
-
-def _external_output(args: argparse.Namespace, source, fused, report) -> bool:
-    """Weights in a data file beside the output: asked for, as the input had them, or needed
-    (over protobuf's 2 GB an .onnx file cannot hold them)."""
-    from ln2d.export import onnx_io
-
-    if args.external_data or source.external:
-        return True
-    if onnx_io.tensor_bytes(fused) > onnx_io.PROTOBUF_LIMIT - (64 << 20):
-        report.notes.append("the weights are over 2 GB: written to a data file beside the model")
-        return True
-    return False
-
-
-def _stages(show: bool):
-    """Name each long step on stderr, for models large enough to make them long."""
-
-    def stage(name: str) -> None:
-        if show:
-            print(f"fuse: {name} ...", file=sys.stderr, flush=True)
-
-    return stage
-
-
-def _tuned(matched, args: argparse.Namespace):
-    from ln2d.cpu_quota import available_cpus
-    from ln2d.export.fusion.tune import TuneOptions, default_shape, tune
-
-    shapes = tuple(args.shape or [default_shape(matched.source)])
-    if any(len(s) != len(shapes[0]) or min(s) < 1 for s in shapes):
-        raise UserError("--shape takes positive sizes, N,C,H,W, the same rank every time")
-    if not matched.report.fused:
-        return matched.source, matched.report
-    options = TuneOptions(shapes, args.threads or available_cpus(), progress=not args.no_progress)
-    return tune(matched, options)
 
 
 def _add_parity(commands: argparse._SubParsersAction) -> None:

@@ -3,6 +3,7 @@ and the Python API share."""
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -71,10 +72,16 @@ def test_a_failed_write_leaves_the_old_file(wrapped, tmp_path, monkeypatch):
 
 
 def test_cli_and_api_defaults_are_equal():
+    from ln2d.export.fusion.files import FuseFileOptions
+    from ln2d.export.onnx_export import export_module
+
     assert commands.DEFAULT_TARGET == DEFAULT_TARGET
     assert tuple(TARGETS) == commands.TARGETS
-    assert export_checkpoint.__defaults__[-1] == DEFAULT_TARGET
-    assert fuse_model.__defaults__[0] == DEFAULT_TARGET
+    for api in (export_checkpoint, export_module, fuse_model):
+        parameters = inspect.signature(api).parameters
+        target = parameters["target" if "target" in parameters else "choose"]
+        assert target.default == DEFAULT_TARGET, api.__name__
+    assert FuseFileOptions().target == DEFAULT_TARGET
 
 
 def test_opset_is_raised_only_on_request(wrapped, tmp_path):
