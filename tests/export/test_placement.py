@@ -13,6 +13,8 @@ from ln2d.export.onnx_export import INPUT_NAME, default_opset
 from ln2d.export.placement import run_and_place
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.integration  # a trained checkpoint exported by the command line
+
 
 @pytest.fixture(scope="module")
 def cuda_export(digits_checkpoint, tmp_path_factory) -> onnx.ModelProto:
