@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 import onnx
+from hypothesis import HealthCheck, settings
 from onnx import TensorProto, helper, numpy_helper
 
 from ln2d.export.fusion.targets import TARGETS, usable
@@ -57,6 +58,18 @@ class GraphRecipe:
         parts = [self.mean, f"axis={self.axis}", self.variance, self.normalise, self.affine]
         parts += [self.parameters, self.dtype, "conv" if self.after_conv else "input"]
         return "/".join(parts + ([f"NEAR-MISS:{self.near_miss}"] if self.near_miss else []))
+
+
+def generated(examples: int):
+    """Hypothesis settings for a generated matcher test: bounded in examples, no per-example
+    deadline (an export can take seconds on a loaded machine), and the same combinations on
+    every run, so that a failure reproduces."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 
 
 def targets_at(opset: int) -> list[str]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ln2d.export.fusion import fuse_model
-from tests.generated_graphs import Coverage, targets_at
+from tests.generated_graphs import Coverage, generated, targets_at
 from tests.generated_norms import (
     AFFINES,
     DIMS,
@@ -50,12 +50,7 @@ recipes = st.builds(
 COVERAGE = Coverage("generated LayerNorm2d styles, exported")
 
 
-@settings(
-    max_examples=80,
-    deadline=None,
-    derandomize=True,  # the same combinations on every run: a failure reproduces
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@generated(examples=80)
 @given(recipe=recipes, exported=st.sampled_from(EXPORTS))
 def test_every_generated_layernorm_fuses_and_every_near_miss_is_left(recipe, exported):
     exporter, opset = exported

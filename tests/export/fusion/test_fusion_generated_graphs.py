@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from ln2d.export.fusion import fuse_model
@@ -30,6 +30,7 @@ from tests.generated_graphs import (
     Coverage,
     GraphRecipe,
     build,
+    generated,
     reference,
     targets_at,
 )
@@ -52,12 +53,7 @@ recipes = st.builds(
 )
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,  # the same combinations on every run: a failure reproduces
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@generated(examples=60)
 @given(recipe=recipes, opset=st.sampled_from(OPSETS))
 def test_every_generated_graph_fuses_and_every_near_miss_is_left(recipe, opset):
     assume(recipe.mean != "reshape" or opset >= RESHAPE_OPSET)
