@@ -207,7 +207,7 @@ def _copy_data(tensor: onnx.TensorProto, folder: Path | None, out) -> None:
         return
     info = {entry.key: entry.value for entry in tensor.external_data}
     remaining = int(info["length"]) if "length" in info else None
-    with (Path(folder) / info["location"]).open("rb") as source:
+    with _inside(Path(folder), info["location"]).open("rb") as source:
         source.seek(int(info.get("offset", 0)))
         while remaining is None or remaining > 0:
             chunk = source.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
@@ -215,6 +215,15 @@ def _copy_data(tensor: onnx.TensorProto, folder: Path | None, out) -> None:
                 break
             out.write(chunk)
             remaining = None if remaining is None else remaining - len(chunk)
+
+
+def _inside(folder: Path, location: str) -> Path:
+    """The data file ``location`` names, refused unless it is a relative path that stays inside
+    ``folder`` once links are resolved: nothing is read outside the folder a model was given in."""
+    path = folder / location
+    if Path(location).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
+        raise UserError(f"external data {location!r} is outside the model's folder {folder}")
+    return path
 
 
 def _refer(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:

@@ -151,3 +151,24 @@ def test_every_command_refuses_data_outside_the_models_folder_in_one_line(
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("how", ["up", "absolute", "symlink"])
+def test_a_large_inline_model_with_escaping_data_is_refused_before_it_is_copied(
+    tmp_path, monkeypatch, how
+):
+    # Inline weights over the spill threshold are copied to a temporary file with the model's
+    # external ones: the copy reads nothing outside the model's folder either.
+    monkeypatch.setattr(onnx_io, "EXTERNAL_THRESHOLD", 32)
+    model = _escaping(tmp_path, how)
+    header = onnx.load(str(model), load_external_data=False)
+    header.graph.initializer.append(
+        numpy_helper.from_array(np.zeros((64, 64), np.float32), "inline_weight")
+    )
+    onnx.save(header, str(model))
+    monkeypatch.setattr(onnx_io, "SPILL_BYTES", 1024)
+    with (
+        pytest.raises(UserError, match="outside the model's folder"),
+        onnx_io.opened(model, progress=False),
+    ):
+        pass
