@@ -22,6 +22,7 @@ import onnx
 from hypothesis import HealthCheck, settings
 from onnx import TensorProto, helper, numpy_helper
 
+from ln2d.export.fusion import FusionReport, fuse_model
 from ln2d.export.fusion.targets import TARGETS, usable
 
 MEANS = ("reduce_mean", "sum_div", "unsqueeze", "reshape")
@@ -268,3 +269,34 @@ class Coverage:
             f"({sum(self.ran.values())} fusions, one per target), {len(self.fused)} fused at "
             f"every target, {len(self.left)} near-misses left byte for byte"
         )
+
+
+def fuse_at_every_target(
+    model: onnx.ModelProto,
+    opset: int,
+    combination: str,
+    near_miss: str | None,
+    coverage: Coverage,
+    statuses: tuple[str, ...] = ("fused",),
+) -> list[tuple[str, onnx.ModelProto, FusionReport]]:
+    """Fuse ``model`` for every target the opset allows, with the gate, and hold each result to
+    the generated tests' rule: a near-miss that is no LayerNorm comes back byte for byte; a
+    LayerNorm is one site of ``statuses``, and a per-pixel scale after it stays outside. Counts
+    the coverage; returns (target, fused model, report) for the caller's own checks (numbers,
+    rejection reasons)."""
+    left = near_miss in NOT_A_LAYERNORM
+    results = []
+    for target in targets_at(opset):
+        coverage.ran[combination] += 1
+        fused, report = fuse_model(model, target)  # the gate runs: FusionError if it fails
+        where = f"{combination} {target}: {report.table()}"
+        if left:
+            assert not report.fused, where
+            assert fused.SerializeToString() == model.SerializeToString(), where
+        else:
+            assert [s.status for s in report.fused] in [[status] for status in statuses], where
+        if near_miss == "per_pixel_scale":  # the norm fuses; the scale is no affine
+            assert report.fused[0].affine == "none", where
+        results.append((target, fused, report))
+    (coverage.left if left else coverage.fused).add(combination)
+    return results

@@ -17,15 +17,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ln2d.export.fusion import fuse_model
-from tests.generated_graphs import Coverage, generated, targets_at
+from tests.generated_graphs import (
+    NEAR_MISSES,
+    NOT_A_LAYERNORM,
+    Coverage,
+    fuse_at_every_target,
+    generated,
+    targets_at,
+)
 from tests.generated_norms import (
     AFFINES,
     DIMS,
     DTYPES,
     MEANS,
-    NEAR_MISSES,
     NORMALISATIONS,
-    NOT_A_LAYERNORM,
     VARIANCES,
     Recipe,
     Wrapped,
@@ -62,22 +67,16 @@ def test_every_generated_layernorm_fuses_and_every_near_miss_is_left(recipe, exp
     x = x.half() if half else x
     model = export(module, x, exporter, opset)
     combination = f"{recipe} {exporter}-{opset}"
-    for target in targets_at(opset):
-        COVERAGE.ran[combination] += 1
-        fused, report = fuse_model(model, target)  # the gate runs: FusionError if it fails
-        where = f"{combination} {target}: {report.table()}"
+    statuses = ("fused", "already_fused")
+    for _, fused, _ in fuse_at_every_target(
+        model, opset, combination, recipe.near_miss, COVERAGE, statuses
+    ):
         if recipe.near_miss in NOT_A_LAYERNORM:
-            assert not report.fused, where
-            assert fused.SerializeToString() == model.SerializeToString()
             continue
-        assert [s.status for s in report.fused] in (["fused"], ["already_fused"]), where
-        if recipe.near_miss == "per_pixel_scale":  # the norm fuses; the scale is no affine
-            assert report.fused[0].affine == "none", where
         expected = module(x).detach().float().numpy()
         tolerance = 2e-2 if half else 2e-4
         got = run(fused, x.numpy()).astype(np.float32)
         np.testing.assert_allclose(got, expected, atol=tolerance, rtol=tolerance)
-    (COVERAGE.left if recipe.near_miss in NOT_A_LAYERNORM else COVERAGE.fused).add(combination)
 
 
 # The two reported cases, at every opset each exporter writes: torch.var_mean with
