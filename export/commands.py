@@ -538,11 +538,16 @@ def _add_triton_repo(commands: argparse._SubParsersAction) -> None:
         help="write a Triton Inference Server model repository for an exported model",
         description="Write DIR/<name>/config.pbtxt (onnxruntime_onnx, dynamic batching with a "
         "bounded queue, dims from the model, label_filename), DIR/<name>/labels.txt and "
-        "DIR/<name>/1/model.onnx. <name> is the model's ln2d.name metadata unless --name.",
+        "DIR/<name>/VERSION/model.onnx. <name> is the model's ln2d.name metadata unless "
+        "--name. The same folder serves with ln2d serve DIR; writing --version 2 beside version "
+        "1 is how a new version is added.",
     )
     triton.add_argument("model", type=Path, metavar="MODEL.onnx")
     triton.add_argument("repository", type=Path, metavar="DIR")
     triton.add_argument("--name", help="Triton model name (default: the model's ln2d.name)")
+    triton.add_argument(
+        "--version", type=int, default=1, help="the version folder to write (default: 1)"
+    )
     # Defaults (None here) come from triton_repo.Batching: the same as ln2d serve's.
     triton.add_argument("--max-batch", type=int, help="max_batch_size (default: 32)")
     triton.add_argument(
@@ -562,8 +567,10 @@ def run_triton_repo(args: argparse.Namespace) -> int:
     batching = Batching(**{f: getattr(args, f) for f in flags if getattr(args, f) is not None})
     if min(batching.max_batch, batching.max_queue) < 1 or batching.max_delay_ms < 0:
         raise UserError("--max-batch and --max-queue must be >= 1, --max-delay-ms >= 0")
-    target = write_repository(args.model, args.repository, args.name, batching)
-    print(f"wrote {target}/ (config.pbtxt, labels.txt, 1/model.onnx)")
+    if args.version < 1:
+        raise UserError("--version must be >= 1")
+    target = write_repository(args.model, args.repository, args.name, batching, args.version)
+    print(f"wrote {target}/ (config.pbtxt, labels.txt, {args.version}/model.onnx)")
     print(f"  tritonserver --model-repository {args.repository}")
     return 0
 

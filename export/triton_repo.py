@@ -4,7 +4,7 @@ Layout (what Triton's ONNX Runtime backend loads unchanged)::
 
     DIR/<name>/config.pbtxt
     DIR/<name>/labels.txt
-    DIR/<name>/1/model.onnx
+    DIR/<name>/<version>/model.onnx
 
 The config is built as plain data and rendered to protobuf text format, so that writing it
 needs no Triton package; the tests parse it with tritonclient's ``ModelConfig`` protobuf.
@@ -12,19 +12,17 @@ needs no Triton package; the tests parse it with tritonclient's ``ModelConfig`` 
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import onnx
 
+from ln2d import pbtxt
 from ln2d.constants import Batching
 from ln2d.errors import UserError, writing
 from ln2d.export import metadata
 from ln2d.export.onnx_io import load_model, save_model
 from ln2d.metadata import ModelMetadata
-
-LABELS_FILE = "labels.txt"
+from ln2d.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILE, MODEL_NAME
 
 # ONNX element type -> Triton data type (the ones an image classifier can have at its edges).
 TRITON_TYPES = {
@@ -36,25 +34,27 @@ TRITON_TYPES = {
     onnx.TensorProto.INT32: "TYPE_INT32",
     onnx.TensorProto.INT64: "TYPE_INT64",
 }
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-def write_repository(model_path: Path, repo: Path, name: str | None, batching: Batching) -> Path:
-    """Write ``repo/<name>/`` for ``model_path`` and return that directory."""
+def write_repository(
+    model_path: Path, repo: Path, name: str | None, batching: Batching, version: int = 1
+) -> Path:
+    """Write ``repo/<name>/`` with ``model_path`` as ``version`` and return that directory.
+    Other versions already there stay; the config and labels are the new version's."""
     model = load_model(model_path)
     props = metadata.read(model)
     name = name or props.name or model_path.stem
-    if not _NAME.match(name):
+    if not MODEL_NAME.fullmatch(name):
         raise UserError(f"model name {name!r}: use letters, digits, '_', '-' and '.' only")
     config = model_config(model, name, batching)
     labels = _labels(props, _num_classes(config))
 
     target = repo / name
-    save_model(model, target / "1" / "model.onnx")
+    save_model(model, target / str(version) / MODEL_FILE)
     with writing(target / LABELS_FILE) as path:
         path.write_text("".join(f"{label}\n" for label in labels))
-    with writing(target / "config.pbtxt") as path:
-        path.write_text(render_pbtxt(config))
+    with writing(target / CONFIG_FILE) as path:
+        path.write_text(pbtxt.render(config))
     return target
 
 
@@ -99,31 +99,6 @@ def model_config(model: onnx.ModelProto, name: str, batching: Batching) -> dict:
             },
         }
     return config
-
-
-def render_pbtxt(message: dict, indent: int = 0) -> str:
-    """Protobuf text format for nested dicts/lists of str, int and enum names (UPPER_CASE)."""
-    pad = "  " * indent
-    lines = []
-    for key, value in message.items():
-        for item in value if isinstance(value, list) and _is_messages(value) else [value]:
-            if isinstance(item, dict):
-                lines.append(f"{pad}{key} {{\n{render_pbtxt(item, indent + 1)}{pad}}}\n")
-            else:
-                lines.append(f"{pad}{key}: {_scalar(item)}\n")
-    return "".join(lines)
-
-
-def _is_messages(values: list) -> bool:
-    return bool(values) and all(isinstance(v, dict) for v in values)
-
-
-def _scalar(value: object) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(_scalar(v) for v in value) + "]"
-    if isinstance(value, str) and not re.fullmatch(r"[A-Z][A-Z0-9_]*", value):
-        return json.dumps(value)  # a string; enum names stay bare
-    return str(value)
 
 
 def _real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:

@@ -1,7 +1,9 @@
 """The FastAPI application: wiring of state, routes, errors and middleware.
 
-``create_app`` takes an already loaded model, so that a bad model file or a missing CUDA
-provider fails before the port is bound; warm-up runs after startup, and readiness says so.
+``create_app`` opens a single model file at once, so that a bad file or a missing CUDA
+provider fails before the port is bound; a repository's models load after startup (a model
+that fails is reported on the index and the others serve). Warm-up runs after startup, and
+readiness says when it is done.
 """
 
 from __future__ import annotations
@@ -20,28 +22,33 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from ln2d.serve import page, routes_health, routes_v1, routes_v2
+from ln2d.serve import page, routes_health, routes_repository, routes_v1, routes_v2
 from ln2d.serve.dataplane import DataPlane
 from ln2d.serve.errors import ApiError
+from ln2d.serve.metrics import Metrics
 from ln2d.serve.middleware import BodyGuard, LoadShedding, RequestLog
-from ln2d.serve.model import Model
+from ln2d.serve.model import Model, ModelLoadError
+from ln2d.serve.registry import Registry, Source, model_threads
 from ln2d.serve.settings import Settings
 
 log = logging.getLogger("ln2d.serve")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 
-def create_app(settings: Settings, model: Model) -> FastAPI:
-    state = DataPlane(settings, model)
+def create_app(settings: Settings, model: Model | None = None) -> FastAPI:
+    """The app for ``settings.model_path``: a repository folder, or a model file (opened here
+    unless ``model`` is that file, already open). Raises ModelLoadError for a file that cannot
+    be served."""
+    metrics = Metrics()
+    state = DataPlane(settings, _registry(settings, metrics, model), metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.batcher.start()
-        warming = asyncio.create_task(state.warm_up())
+        starting = asyncio.create_task(state.start())
         yield
         state.set_not_ready("shutting down")
-        warming.cancel()
-        await state.batcher.stop()
+        starting.cancel()
+        await state.registry.stop()
         state.decoders.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -58,6 +65,7 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
     # Routes are matched in order: the busiest first.
     app.include_router(routes_v1.router(state), dependencies=auth)
     app.include_router(routes_v2.router(state), dependencies=auth)
+    app.include_router(routes_repository.router(state), dependencies=auth)
     app.include_router(routes_health.router(state))
     page.mount(app)
     # Added last = outermost: the log sees every answer, including 413s and CORS refusals.
@@ -73,6 +81,21 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
     app.add_middleware(LoadShedding, busy=state.shed_reason)
     app.add_middleware(RequestLog, metrics=state.metrics, enabled=settings.access_log)
     return app
+
+
+def _registry(settings: Settings, metrics: Metrics, model: Model | None) -> Registry:
+    path = settings.model_path
+    if path.is_dir():
+        return Registry(settings, metrics, Source.repository(path))
+    if settings.model_control_mode != "none":
+        raise ModelLoadError(
+            f"--model-control-mode {settings.model_control_mode} needs a model repository "
+            f"folder; {path} is one model file"
+        )
+    if model is None:
+        threads = model_threads(settings, max_models=1)
+        model = Model(path, settings.provider, settings.cpu_fallback, threads)
+    return Registry(settings, metrics, Source.file(path, model.info.name), model)
 
 
 def _bearer(settings: Settings):  # async: a sync dependency costs a thread hop per request

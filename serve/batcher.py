@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ln2d.serve.errors import ApiError
-from ln2d.serve.metrics import Metrics
+from ln2d.serve.metrics import ModelMetrics
 
 log = logging.getLogger("ln2d.serve")
 
@@ -59,7 +59,7 @@ class Batcher:
         max_batch: int,
         max_delay_s: float,
         max_queue: int,
-        metrics: Metrics,
+        metrics: ModelMetrics,
     ) -> None:
         self._run = run
         self.max_batch = max_batch
@@ -91,11 +91,16 @@ class Batcher:
     def full(self) -> bool:
         return self._admitted >= self.max_queue
 
+    @property
+    def admitted(self) -> int:
+        """Images accepted and not yet answered."""
+        return self._admitted
+
     @contextmanager
     def admit(self, images: int) -> Iterator[Admission]:
         """Reserve room for ``images`` until the request is answered; 503 when there is none."""
         if self._admitted + images > self.max_queue:
-            self._metrics.rejections.labels("queue_full").inc()
+            self._metrics.reject("queue_full")
             raise ApiError(
                 503,
                 f"server busy: {self._admitted} images queued (limit {self.max_queue})",
@@ -135,7 +140,7 @@ class Batcher:
         return [done] if len(futures) == 1 else done
 
     def _past_deadline(self) -> ApiError:
-        self._metrics.rejections.labels("deadline").inc()
+        self._metrics.reject("deadline")
         return ApiError(504, "deadline exceeded while waiting for inference")
 
     def alone(self, admission: Admission) -> bool:

@@ -19,35 +19,28 @@ from fastapi.responses import JSONResponse
 
 from ln2d.cpu_quota import available_cpus
 from ln2d.serve import images
-from ln2d.serve.batcher import Admission, Batcher, Result
+from ln2d.serve.batcher import Admission, Result
 from ln2d.serve.errors import ApiError
 from ln2d.serve.metrics import Metrics
-from ln2d.serve.model import Model
+from ln2d.serve.model import ModelInfo
+from ln2d.serve.registry import Registry, ServedVersion
 from ln2d.serve.settings import Settings
 
 log = logging.getLogger("ln2d.serve")
 
 
 class DataPlane:
-    """Everything a request handler needs, created once per app: the model, the batcher,
-    the decoder threads, readiness and admission."""
+    """Everything a request handler needs, created once per app: the models (a registry), the
+    decoder threads, the server's readiness and the metrics."""
 
-    def __init__(self, settings: Settings, model: Model) -> None:
+    def __init__(self, settings: Settings, registry: Registry, metrics: Metrics) -> None:
         self.settings = settings
-        self.model = model
-        self.info = model.info
-        self.metrics = Metrics()
-        self.batcher = Batcher(
-            model.run,
-            settings.max_batch,
-            settings.max_delay_ms / 1000,
-            settings.max_queue,
-            self.metrics,
-        )
+        self.registry = registry
+        self.metrics = metrics
         self.decoders = ThreadPoolExecutor(
             settings.decode_threads or available_cpus(), thread_name_prefix="ln2d-decode"
         )
-        self.not_ready = "warming up"  # None once ready
+        self.not_ready = "loading models"  # None once ready
 
     @property
     def ready(self) -> bool:
@@ -66,87 +59,97 @@ class DataPlane:
         )
 
     def check_ready(self) -> None:
-        reason = self.shed_reason()
-        if reason is not None:
-            raise ApiError(503, reason, {"Retry-After": "1"})
-
-    def shed_reason(self) -> str | None:
-        """Why inference requests are refused right now, if they are."""
         if not self.ready:
-            self.metrics.rejections.labels("not_ready").inc()
-            return f"not ready: {self.not_ready}"
-        if self.batcher.full:
-            self.metrics.rejections.labels("queue_full").inc()
-            return f"server busy: {self.batcher.max_queue} images queued; retry later"
-        return None
+            self.metrics.reject("not_ready")
+            raise ApiError(503, f"not ready: {self.not_ready}", {"Retry-After": "1"})
 
-    def check_model(self, name: str, version: str | None = None) -> None:
-        if name != self.info.name or version not in (None, "1"):
-            asked = f"{name!r}" + (f" version {version!r}" if version is not None else "")
-            raise ApiError(
-                404, f"unknown model {asked}; this server has {self.info.name!r} version '1'"
+    def shed_reason(self, path: str) -> str | None:
+        """Why an inference request to ``path`` is refused right now, if it is: the server
+        is not ready, or that model's queue is full (other models' queues do not matter)."""
+        if not self.ready:
+            self.metrics.reject("not_ready")
+            return f"not ready: {self.not_ready}"
+        served = self.registry.for_path(path)
+        if served is not None and served.batcher.full:
+            served.metrics.reject("queue_full")
+            return (
+                f"server busy: {served.batcher.max_queue} images queued for model "
+                f"{served.name!r}; retry later"
             )
+        return None
 
     @staticmethod
     def deadline(request: Request) -> float:
         """The request's deadline, set by the body guard when its head arrived."""
         return request.state.deadline
 
+    @staticmethod
+    def serving(request: Request, served: ServedVersion) -> None:
+        """Name the model version in the request's access log line and metrics."""
+        request.state.served = (served.name, str(served.version))
+
     async def classify(
-        self, admission: Admission, blobs: Sequence[bytes], deadline: float
+        self, served: ServedVersion, admission: Admission, blobs: Sequence[bytes], deadline: float
     ) -> tuple[float, list[Result]]:
         """Decode images and infer: (seconds decoding took, one result per image). One image
-        on an otherwise idle server is decoded and run in one trip to the inference thread;
+        on an otherwise idle model is decoded and run in one trip to its inference thread;
         otherwise the decoder threads decode every image at once and the batcher runs them."""
-        if len(blobs) == 1 and self.batcher.alone(admission):
-            decode = functools.partial(self._decode_all, blobs)
-            decode_s, results = await self.batcher.run_alone(admission, decode, deadline)
+        batcher, info = served.batcher, served.info
+        if len(blobs) == 1 and batcher.alone(admission):
+            decode = functools.partial(self._decode_all, blobs, info)
+            decode_s, results = await batcher.run_alone(admission, decode, deadline)
         else:
             started = time.monotonic()
-            samples = await self._decode_in_threads(blobs)
+            samples = await self._decode_in_threads(blobs, info)
             decode_s = time.monotonic() - started
-            results = await self.batcher.infer(admission, samples, deadline)
-        self.metrics.observe("decode", decode_s)
+            results = await batcher.infer(admission, samples, deadline)
+        served.metrics.observe("decode", decode_s)
         return decode_s, results
 
+    @staticmethod
     async def infer(
-        self, admission: Admission, samples: np.ndarray, deadline: float
+        served: ServedVersion, admission: Admission, samples: np.ndarray, deadline: float
     ) -> list[Result]:
-        """Infer ready ``(N, C, H, W)`` samples: alone on an idle server, else batched."""
-        if self.batcher.alone(admission):
-            _, results = await self.batcher.run_alone(admission, lambda: samples, deadline)
+        """Infer ready ``(N, C, H, W)`` samples: alone on an idle model, else batched."""
+        batcher = served.batcher
+        if batcher.alone(admission):
+            _, results = await batcher.run_alone(admission, lambda: samples, deadline)
             return results
-        return await self.batcher.infer(admission, samples, deadline)
+        return await batcher.infer(admission, samples, deadline)
 
-    def _decode_all(self, blobs: Sequence[bytes]) -> np.ndarray:
+    def _decode_all(self, blobs: Sequence[bytes], info: ModelInfo) -> np.ndarray:
         limit = self.settings.max_pixels
-        return np.stack([images.decode(blob, self.info, limit) for blob in blobs])
+        return np.stack([images.decode(blob, info, limit) for blob in blobs])
 
-    async def _decode_in_threads(self, blobs: Sequence[bytes]) -> np.ndarray:
+    async def _decode_in_threads(self, blobs: Sequence[bytes], info: ModelInfo) -> np.ndarray:
         """Every image in its own decoder thread (Pillow releases the GIL), all at once."""
         loop = asyncio.get_running_loop()
         limit = self.settings.max_pixels
         jobs = [
-            loop.run_in_executor(self.decoders, images.decode, blob, self.info, limit)
-            for blob in blobs
+            loop.run_in_executor(self.decoders, images.decode, blob, info, limit) for blob in blobs
         ]
         return np.stack(await asyncio.gather(*jobs))
 
-    async def warm_up(self) -> None:
+    async def start(self) -> None:
+        """Load the models the control mode loads at startup (each warmed up), then be ready."""
         started = time.monotonic()
-        sizes = list(range(1, self.settings.max_batch + 1))
-        await asyncio.to_thread(self.model.warm_up, sizes)
-        self.metrics.model_load_seconds.set(self.model.load_seconds + time.monotonic() - started)
+        await self.registry.start()
         # Startup objects (the app, numpy, onnxruntime) never die: move them out of the
         # collector's sight, so that full collections under load stay short.
         gc.freeze()
+        served = self.registry.ready_versions()
+        single = self.registry.source.single
+        if single is not None and not served:
+            reason = self.registry.failure(single.name)
+            self.set_not_ready(f"the model failed to load: {reason}")
+            return
         self.set_not_ready(None)
         log.info(
-            "ready: model %r on %s, warmed up batch sizes 1..%d in %.2f s",
-            self.info.name,
-            self.model.provider,
-            self.settings.max_batch,
+            "ready in %.2f s: %s (batch sizes 1..%d warmed up)",
             time.monotonic() - started,
+            ", ".join(f"{s.name!r} version {s.version} on {s.model.provider}" for s in served)
+            or "no model loaded yet",
+            self.settings.max_batch,
         )
 
 

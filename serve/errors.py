@@ -7,14 +7,16 @@ from pydantic import BaseModel
 
 # What each error status means on this server, as the OpenAPI document says it.
 MEANINGS = {
-    400: "malformed input: image, tensor, JSON, shape, or not ready (readiness)",
+    400: "malformed input: image, tensor, JSON, shape; not ready (readiness); a model that "
+    "failed to load (repository load)",
     401: "missing or wrong bearer token (when the server has one)",
-    404: "unknown model name or version",
+    403: "model load / unload while --model-control-mode is not explicit",
+    404: "unknown model name or version, or one not being served",
     408: "the request body did not arrive within the request's deadline",
     413: "body, image or image count over the server's limits",
     415: "unsupported media type, or a compressed body",
     422: "a query or path parameter out of range",
-    503: "busy or not ready; retry after the Retry-After header",
+    503: "busy, not ready, or the model is still loading; retry after the Retry-After header",
     504: "the request's deadline passed before inference finished",
 }
 

@@ -51,8 +51,9 @@ class RequestLog:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
-            self.metrics.count_request(endpoint, status)
-            self.metrics.observe("total", elapsed)
+            model, version = scope.get("state", {}).get("served", ("", ""))
+            self.metrics.count_request(endpoint, status, model, version)
+            self.metrics.observe("total", elapsed, model, version)
             if self.enabled:
                 access_log.info(
                     json.dumps(
@@ -61,6 +62,8 @@ class RequestLog:
                             "method": scope["method"],
                             "path": scope["path"],
                             "status": status,
+                            "model": model,
+                            "version": version,
                             "ms": round(elapsed * 1000, 3),
                             "client": (scope.get("client") or ("", 0))[0],
                         }
@@ -151,16 +154,17 @@ class BodyGuard:
 
 
 class LoadShedding:
-    """Refuses POSTs (all of them inference) with 503 before routing or reading the body
-    while ``busy()`` gives a reason, so that an overloaded server spends microseconds, not a
-    whole request, on each refusal; admission itself stays exact in the batcher."""
+    """Refuses POSTs with 503 before routing or reading the body while ``busy(path)`` gives
+    a reason (not ready, or that path's model is full), so that an overloaded model costs
+    microseconds, not a whole request, per refusal; admission itself stays exact in each
+    model's batcher."""
 
-    def __init__(self, app: ASGIApp, busy: Callable[[], str | None]) -> None:
+    def __init__(self, app: ASGIApp, busy: Callable[[str], str | None]) -> None:
         self.app, self.busy = app, busy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            reason = self.busy()
+            reason = self.busy(scope["path"])
             if reason is not None:
                 await send_error(send, 503, reason, {"retry-after": "1"})
                 return

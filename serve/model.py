@@ -6,6 +6,7 @@ Everything the server needs (name, labels, input size, mean/std) comes from the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -53,18 +54,34 @@ class ModelInfo:
 class Model:
     """An ONNX Runtime session over a batch of normalised ``(N, C, H, W)`` float32 images."""
 
-    def __init__(self, path: Path, provider: str, cpu_fallback: bool, threads: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        provider: str,
+        cpu_fallback: bool,
+        threads: int,
+        name: str | None = None,
+        labels: tuple[str, ...] | None = None,
+    ) -> None:
+        """``name`` (a repository's folder name) replaces the metadata's; ``labels`` (its
+        labels.txt) serve a model without ln2d metadata."""
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         started = time.monotonic()
         self.session = _session(path, provider, cpu_fallback, threads)
         self.load_seconds = time.monotonic() - started
         self.provider = self.session.get_providers()[0]
-        self.info = _info(self.session, path)
+        self.threads = threads
+        info = _info(self.session, path, labels)
+        self.info = info if name is None else dataclasses.replace(info, name=name)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run([self.info.output_name], {self.info.input_name: batch})
         return logits
+
+    def close(self) -> None:
+        """Release the session now, not whenever the last reference goes."""
+        self.session = None
 
     def warm_up(self, batch_sizes: list[int]) -> None:
         """Run every batch size once, so first requests do not pay for allocations and tuning."""
@@ -92,7 +109,7 @@ def _session(path: Path, provider: str, cpu_fallback: bool, threads: int):
         raise ModelLoadError(f"cannot load {path}: {exc}") from exc
 
 
-def _info(session, path: Path) -> ModelInfo:
+def _info(session, path: Path, labels: tuple[str, ...] | None) -> ModelInfo:
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
         raise ModelLoadError(
@@ -112,12 +129,13 @@ def _info(session, path: Path) -> ModelInfo:
         return _from_metadata(meta, inputs[0], outputs[0])
     except (KeyError, ValueError, TypeError) as exc:
         log.warning(
-            "%s has no usable ln2d metadata (%s); serving with index labels, the input size "
+            "%s has no usable ln2d metadata (%s); serving with labels.txt or index labels, the "
+            "input size "
             "from the graph (default 32x32) and no normalisation",
             path,
             exc,
         )
-        return _from_graph(path, inputs[0], outputs[0])
+        return _from_graph(path, inputs[0], outputs[0], labels)
 
 
 def _from_metadata(meta: ModelMetadata, model_input, model_output) -> ModelInfo:
@@ -142,7 +160,7 @@ def _from_metadata(meta: ModelMetadata, model_input, model_output) -> ModelInfo:
     )
 
 
-def _from_graph(path: Path, model_input, model_output) -> ModelInfo:
+def _from_graph(path: Path, model_input, model_output, labels: tuple[str, ...] | None) -> ModelInfo:
     _, channels, height, width = (d if isinstance(d, int) else None for d in model_input.shape)
     classes = model_output.shape[-1]
     if channels not in (1, 3) or not isinstance(classes, int):
@@ -150,9 +168,11 @@ def _from_graph(path: Path, model_input, model_output) -> ModelInfo:
             f"{path} has no ln2d metadata and its shapes do not say the channels (1 or 3) and "
             f"the class count: input {model_input.shape}, output {model_output.shape}"
         )
+    if labels is None or len(labels) != classes:
+        labels = tuple(str(i) for i in range(classes))
     return ModelInfo(
         name=path.stem,
-        labels=tuple(str(i) for i in range(classes)),
+        labels=labels,
         input_name=model_input.name,
         output_name=model_output.name,
         channels=channels,

@@ -1,4 +1,5 @@
-"""``POST /v1/classify`` (images in, top-k classes out) and ``GET /v1/model``."""
+"""``POST /v1/classify`` (images in, top-k classes out, the default model) and
+``/v1/models/{name}/classify``; ``GET /v1/model``, ``/v1/models/{name}`` and ``/v1/models``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from ln2d.serve import images
 from ln2d.serve.batcher import Result
 from ln2d.serve.dataplane import DataPlane, refuse_compressed
 from ln2d.serve.errors import ApiError, documented
+from ln2d.serve.registry import ServedVersion, thread_budget
+from ln2d.serve.settings import Settings
 
 
 class Prediction(BaseModel):
@@ -53,36 +56,54 @@ _BODY = {
 }
 
 
-CLASSIFY_ERRORS = (400, 401, 408, 413, 415, 422, 503, 504)
+CLASSIFY_ERRORS = (400, 401, 404, 408, 413, 415, 422, 503, 504)
 
 
 def router(state: DataPlane) -> APIRouter:
     routes = APIRouter(tags=["classify"])
-    settings, info = state.settings, state.info
+    settings, registry = state.settings, state.registry
+    top_k_query = Query(settings.top_k, ge=1, description="classes per image")
+    classify_doc = {
+        "response_model": None,
+        "responses": {200: {"model": ClassifyResponse}, **documented(*CLASSIFY_ERRORS)},
+        "openapi_extra": _BODY,
+    }
 
     @routes.post(
         "/v1/classify",
-        summary="Classify images: the raw body, or one or more multipart 'file' fields",
-        response_model=None,
-        responses={200: {"model": ClassifyResponse}, **documented(*CLASSIFY_ERRORS)},
-        openapi_extra=_BODY,
+        summary="Classify images with the default model: the raw body, or one or more "
+        "multipart 'file' fields",
+        **classify_doc,
     )
-    async def classify(
-        request: Request,
-        top_k: int = Query(settings.top_k, ge=1, description="classes per image"),
-    ) -> JSONResponse:
+    async def classify_default(request: Request, top_k: int = top_k_query) -> JSONResponse:
         state.check_ready()
+        return await _classify(request, registry.default(), top_k)
+
+    @routes.post(
+        "/v1/models/{name}/classify",
+        summary="Classify images with the newest ready version of model NAME",
+        **classify_doc,
+    )
+    async def classify_named(request: Request, name: str, top_k: int = top_k_query) -> JSONResponse:
+        state.check_ready()
+        return await _classify(request, registry.resolve(name), top_k)
+
+    async def _classify(request: Request, served: ServedVersion, top_k: int) -> JSONResponse:
         arrived, deadline = time.monotonic(), state.deadline(request)
-        blobs = await _images(request, settings.max_images)
-        with state.batcher.admit(len(blobs)) as admission:
-            decode_s, results = await state.classify(admission, blobs, deadline)
+        info = served.info
+        with served.use():
+            state.serving(request, served)
+            blobs = await _images(request, settings.max_images)
+            with served.batcher.admit(len(blobs)) as admission:
+                decode_s, results = await state.classify(served, admission, blobs, deadline)
         k = min(top_k, info.num_classes)
         # Built of plain str, int, float and lists: FastAPI's generic encoder, which walks
         # it looking for models and dataclasses, would cost as much as the inference.
         return JSONResponse(
             {
                 "model": info.name,
-                "provider": state.model.provider,
+                "version": str(served.version),
+                "provider": served.model.provider,
                 "predictions": [_top(result.logits, info.labels, k) for result in results],
                 "timings_ms": _timings(arrived, decode_s, results),
             }
@@ -90,27 +111,60 @@ def router(state: DataPlane) -> APIRouter:
 
     @routes.get(
         "/v1/model",
-        summary="The served model: name, labels, input, provider, precision",
+        summary="The default model: name, version, labels, input, provider, precision",
+        responses=documented(401, 404),
+    )
+    async def default_model() -> dict:
+        return _describe(registry.default(), settings)
+
+    @routes.get(
+        "/v1/models/{name}",
+        summary="Model NAME's newest ready version: labels, input, provider, precision",
+        responses=documented(401, 404, 503),
+    )
+    async def named_model(name: str) -> dict:
+        return _describe(registry.resolve(name), settings)
+
+    @routes.get(
+        "/v1/models",
+        summary="Every ready model version, and how threads and model slots are shared",
         responses=documented(401),
     )
-    async def model() -> dict:
+    async def models() -> dict:
         return {
-            "name": info.name,
-            "labels": list(info.labels),
-            "input": {
-                "channels": info.channels,
-                "height": info.height,
-                "width": info.width,
-                "media_types": sorted(images.FORMATS.values()),
-            },
-            "provider": state.model.provider,
-            "precision": info.precision,
-            "max_images": settings.max_images,
-            "max_body_bytes": settings.max_body_bytes,
-            "top_k": settings.top_k,
+            "models": [_describe(served, settings) for served in registry.ready_versions()],
+            "default_model": settings.default_model,
+            "control_mode": settings.model_control_mode,
+            "max_models": registry.max_models,
+            "thread_budget": thread_budget(),
+            "threads_per_model": registry.threads_per_model,
         }
 
     return routes
+
+
+def _describe(served: ServedVersion, settings: Settings) -> dict:
+    info = served.info
+    return {
+        "name": info.name,
+        "version": str(served.version),
+        "labels": list(info.labels),
+        "input": {
+            "channels": info.channels,
+            "height": info.height,
+            "width": info.width,
+            "media_types": sorted(images.FORMATS.values()),
+        },
+        "provider": served.model.provider,
+        "precision": info.precision,
+        "threads": served.model.threads,
+        "memory_bytes": served.memory_bytes,
+        "load_seconds": round(served.load_seconds, 3),
+        "max_queue": served.batcher.max_queue,
+        "max_images": settings.max_images,
+        "max_body_bytes": settings.max_body_bytes,
+        "top_k": settings.top_k,
+    }
 
 
 async def _images(request: Request, max_images: int) -> list[bytes]:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from ln2d.serve import v2_codec
 from ln2d.serve.dataplane import DataPlane, refuse_compressed
 from ln2d.serve.errors import documented
+from ln2d.serve.registry import ServedVersion
 
 # Parsing a JSON tensor this large would hold the event loop for milliseconds: use a thread.
 INLINE_PARSE_BYTES = 64 * 1024
@@ -20,28 +21,30 @@ INLINE_PARSE_BYTES = 64 * 1024
 
 def router(state: DataPlane) -> APIRouter:
     routes = APIRouter(tags=["v2 (Open Inference Protocol)"])
-    info = state.info
-    # The one model this server has, as the document's only valid name.
-    model_name = Path(json_schema_extra={"enum": [info.name]})
+    registry = state.registry
+    single = registry.source.single
+    # A single model file's name is the document's only valid one; a repository's may change.
+    model_name = Path(json_schema_extra={"enum": [single.name]} if single else None)
 
     @routes.get("/v2", summary="Server metadata", responses=documented(401))
     async def server_metadata() -> dict:
         return {
             "name": "ln2d",
             "version": package_version("ln2d"),
-            "extensions": ["binary_tensor_data", "classification"],
+            "extensions": ["binary_tensor_data", "classification", "model_repository"],
         }
 
     async def model_metadata(name: str = model_name, version: str | None = None) -> dict:
-        state.check_model(name, version)
+        served = registry.resolve(name, version)
+        info = served.info
         return {
             "name": info.name,
-            "versions": ["1"],
+            "versions": [str(s.version) for s in registry.ready_versions() if s.name == name],
             "platform": "onnxruntime_onnx",
             "inputs": [_tensor(info.input_name, [-1, *info.sample_shape])],
             "outputs": [_tensor(info.output_name, [-1, info.num_classes])],
             "parameters": {
-                "provider": state.model.provider,
+                "provider": served.model.provider,
                 "precision": info.precision,
                 "labels": list(info.labels),
                 "max_batch_size": state.settings.max_batch,
@@ -49,39 +52,47 @@ def router(state: DataPlane) -> APIRouter:
         }
 
     async def model_ready(name: str = model_name, version: str | None = None) -> JSONResponse:
-        state.check_model(name, version)
+        reason = registry.not_ready_reason(name, version)
+        if reason is not None:
+            return JSONResponse({"name": name, "ready": False, "error": reason}, 400)
         return state.readiness(name=name)
 
     async def infer(
         request: Request, name: str = model_name, version: str | None = None
     ) -> Response:
-        state.check_model(name, version)
+        served = registry.resolve(name, version)
         state.check_ready()
+        with served.use():
+            state.serving(request, served)
+            return await _infer(request, served)
+
+    async def _infer(request: Request, served: ServedVersion) -> Response:
         deadline = state.deadline(request)
         refuse_compressed(request)
         body = await request.body()
         header_length = request.headers.get(v2_codec.HEADER_LENGTH)
-        parse_args = (body, header_length, info, state.settings.max_images)
+        parse_args = (body, header_length, served.info, state.settings.max_images)
         if len(body) <= INLINE_PARSE_BYTES:
             parsed = v2_codec.parse_request(*parse_args)
         else:
             parsed = await asyncio.get_running_loop().run_in_executor(
                 state.decoders, v2_codec.parse_request, *parse_args
             )
-        with state.batcher.admit(len(parsed.samples)) as admission:
-            results = await state.infer(admission, parsed.samples, deadline)
+        with served.batcher.admit(len(parsed.samples)) as admission:
+            results = await state.infer(served, admission, parsed.samples, deadline)
         logits = np.stack([result.logits for result in results])
-        content, headers = v2_codec.build_response(parsed, logits, info)
+        content, headers = v2_codec.build_response(parsed, logits, served.info, served.version)
         return Response(content, headers=headers)
 
-    infer_body = _infer_body(v2_codec.request_schema(info, state.settings.max_images))
+    schema = v2_codec.request_schema(state.settings.max_images, registry.single_info)
+    infer_body = _infer_body(schema)
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         routes.add_api_route(
             prefix,
             model_metadata,
             methods=["GET"],
             summary="Model metadata",
-            responses=documented(401, 404),
+            responses=documented(401, 404, 503),
         )
         routes.add_api_route(
             prefix + "/ready",

@@ -10,11 +10,9 @@ from types import FrameType
 
 import uvicorn
 
-from ln2d.cpu_quota import available_cpus
 from ln2d.serve.app import create_app
 from ln2d.serve.connections import HeadTimeoutProtocol
 from ln2d.serve.dataplane import DataPlane
-from ln2d.serve.model import Model
 from ln2d.serve.settings import Settings
 
 log = logging.getLogger("ln2d.serve")
@@ -42,11 +40,6 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
-def inference_threads(settings: Settings) -> int:
-    """The configured count, or every CPU of the quota but one, which HTTP and decoding need."""
-    return settings.threads or max(1, available_cpus() - 1)
-
-
 class DrainingServer(uvicorn.Server):
     """Marks the app not ready the moment SIGTERM/SIGINT arrives; uvicorn then stops accepting
     and waits up to ``timeout_graceful_shutdown`` for in-flight requests."""
@@ -64,20 +57,11 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> bool:
-    """Load the model (raising ModelLoadError before any port is bound), then serve until a
-    signal. False if the server could not start (for example, the port is taken)."""
+    """Open a single model file (raising ModelLoadError before any port is bound), then serve
+    until a signal; a repository's models load once the server is up. False if the server
+    could not start (for example, the port is taken)."""
     configure_logging(settings.log_level)
-    threads = inference_threads(settings)
-    model = Model(settings.model_path, settings.provider, settings.cpu_fallback, threads)
-    log.info(
-        "loaded %s as %r on %s (%d inference threads) in %.2f s",
-        settings.model_path,
-        model.info.name,
-        model.provider,
-        threads,
-        model.load_seconds,
-    )
-    app = create_app(settings, model)
+    app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,

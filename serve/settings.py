@@ -20,7 +20,31 @@ ENV_PREFIX = "LN2D_"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
-    model_path: Path = Field(description="the ONNX model to serve (written by ln2d export)")
+    model_path: Path = Field(
+        description="the ONNX model (written by ln2d export), or a model repository folder "
+        "(written by ln2d triton-repo: NAME/config.pbtxt, NAME/VERSION/model.onnx)"
+    )
+    model_control_mode: Literal["none", "explicit", "poll"] = Field(
+        "none",
+        description="repository: none = load every model at start; explicit = only the "
+        "load/unload API (and --load-models) loads; poll = watch the folder",
+    )
+    load_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="explicit mode: models to load at start (comma list; * = all)",
+    )
+    poll_interval_s: float = Field(
+        5.0, gt=0, description="poll mode: seconds between looks at the repository"
+    )
+    max_models: int = Field(
+        4,
+        ge=1,
+        description="repository: most models loaded at once; the inference thread budget is "
+        "split between them",
+    )
+    default_model: str | None = Field(
+        None, description="the model /v1/classify serves (default: the only one loaded)"
+    )
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 in a container")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
     provider: Literal["cpu", "cuda"] = Field("cpu", description="ONNX Runtime execution provider")
@@ -52,7 +76,10 @@ class Settings(BaseSettings):
         "(or after the previous answer) is closed",
     )
     threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads (0 = from the CPU quota)"
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads per model (0 = the CPU quota less one, "
+        "split between max_models)",
     )
     decode_threads: int = Field(
         0, ge=0, description="image decoding threads (0 = from the CPU quota)"
@@ -79,7 +106,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     access_log: bool = Field(True, description="one JSON line per request")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "load_models", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):

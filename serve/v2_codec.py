@@ -62,9 +62,9 @@ def parse_request(
 
 
 def build_response(
-    request: InferRequest, logits: np.ndarray, info: ModelInfo
+    request: InferRequest, logits: np.ndarray, info: ModelInfo, version: int
 ) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers."""
+    """The response body and its headers; ``model_version`` names the version that ran."""
     name, output = info.output_name, request.output
     if output.class_count:
         tensor = _classification(logits, info.labels, output.class_count)
@@ -81,7 +81,7 @@ def build_response(
         described["parameters"] = {"binary_data_size": len(raw)}
     else:
         described["data"] = tensor.ravel().tolist()
-    response: dict[str, object] = {"model_name": info.name, "model_version": "1"}
+    response: dict[str, object] = {"model_name": info.name, "model_version": str(version)}
     if request.id is not None:
         response["id"] = request.id
     response["outputs"] = [described]
@@ -94,29 +94,31 @@ def build_response(
     }
 
 
-def request_schema(info: ModelInfo, max_images: int) -> dict:
-    """The JSON Schema of an infer request to this model, for the OpenAPI document. One rule
-    is beyond JSON Schema and only stated: ``data`` holds N x C x H x W numbers."""
-    channels, height, width = info.sample_shape
+def request_schema(max_images: int, info: ModelInfo | None = None) -> dict:
+    """The JSON Schema of an infer request, for the OpenAPI document: to this model, or
+    (without ``info``) to any model of a repository. One rule is beyond JSON Schema and only
+    stated: ``data`` holds N x C x H x W numbers."""
+    sizes = (
+        [{"type": "integer", "minimum": 1}] * 3
+        if info is None
+        else [{"const": size} for size in info.sample_shape]
+    )
     shape = {
         "type": "array",
-        "prefixItems": [
-            {"type": "integer", "minimum": 1, "maximum": max_images},
-            *({"const": size} for size in info.sample_shape),
-        ],
+        "prefixItems": [{"type": "integer", "minimum": 1, "maximum": max_images}, *sizes],
         "items": False,
         "minItems": 4,
     }
     tensor = {
         "type": "object",
         "properties": {
-            "name": {"const": info.input_name},
+            "name": _name(info and info.input_name),
             "datatype": {"const": DATATYPE},
             "shape": shape,
             "data": {
                 "type": "array",
                 "items": {"type": "number"},
-                "description": f"N x {channels} x {height} x {width} finite numbers, row-major",
+                "description": "N x C x H x W finite numbers, row-major",
             },
             "parameters": {
                 "type": "object",
@@ -128,7 +130,7 @@ def request_schema(info: ModelInfo, max_images: int) -> dict:
     output = {
         "type": "object",
         "properties": {
-            "name": {"const": info.output_name},
+            "name": _name(info and info.output_name),
             "parameters": {
                 "type": "object",
                 "properties": {
@@ -152,6 +154,10 @@ def request_schema(info: ModelInfo, max_images: int) -> dict:
         },
         "required": ["inputs"],
     }
+
+
+def _name(name: str | None) -> dict:
+    return {"type": "string"} if name is None else {"const": name}
 
 
 RESPONSE_SCHEMA = {

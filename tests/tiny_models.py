@@ -50,10 +50,11 @@ def spatial_norm(opset: int) -> onnx.ModelProto:
     return model
 
 
-def classifier(labels: tuple[str, ...] = tuple("0123456789")) -> onnx.ModelProto:
+def classifier(labels: tuple[str, ...] = tuple("0123456789"), seed: int = 1) -> onnx.ModelProto:
     """A real (untrained, deterministic) image classifier with ln2d's serving metadata:
-    (N, 1, 8, 8) -> mean over H, W -> (N, 1) -> Gemm -> (N, classes) logits."""
-    rng = np.random.default_rng(1)
+    (N, 1, 8, 8) -> mean over H, W -> (N, 1) -> Gemm -> (N, classes) logits. Another ``seed``
+    is another model with the same interface (a new version)."""
+    rng = np.random.default_rng(seed)
     weight = rng.standard_normal((1, len(labels))).astype(np.float32)
     bias = np.arange(len(labels), dtype=np.float32) / 10
     inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b"),

@@ -1,4 +1,5 @@
-// The classifier page: one file in, top-k bars out, via the same /v1/classify as every client.
+// The classifier page: pick a model, one file in, top-k bars out, via the same
+// /v1/models/{name}/classify as every client.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,13 +11,15 @@ class PageError extends Error {}
 const EXPLAIN = {
   400: (detail) => `That file could not be read as an image: ${detail}.`,
   401: () => "This server needs an access token. Enter it under “Access token”, then try again.",
+  404: (detail) => `That model is not being served now: ${detail}. Reload the page.`,
   413: (detail) => `That image is too large for this server: ${detail}.`,
   415: (detail) => `That kind of file is not accepted: ${detail}.`,
   503: (detail, retry) => `The server is busy right now. Try again in ${retry || "a few"} s.`,
   504: () => "The server took too long to answer. Try again.",
 };
 
-let model = null;
+let models = new Map(); // name -> the newest ready version's details
+let model = null; // the chosen one
 let previewUrl = null;
 
 async function api(path, options = {}) {
@@ -45,17 +48,35 @@ function showError(message) {
   if (message) $("status").textContent = "";
 }
 
-async function loadModel() {
+async function loadModels() {
+  let listing;
   try {
-    model = await api("/v1/model");
+    listing = await api("/v1/models");
   } catch (error) {
     $("model-info").textContent = "Model details unavailable.";
     showError(error.message);
     return;
   }
+  // Sorted by name, then version: the last entry of a name is the version it serves.
+  models = new Map(listing.models.map((entry) => [entry.name, entry]));
+  const select = $("model");
+  const chosen = model?.name ?? listing.default_model ?? listing.models[0]?.name;
+  select.replaceChildren(
+    ...[...models.keys()].map((name) => new Option(name, name, false, name === chosen)),
+  );
+  $("model-picker").hidden = models.size < 2;
+  chooseModel(chosen);
+}
+
+function chooseModel(name) {
+  model = models.get(name) ?? null;
+  if (!model) {
+    $("model-info").textContent = "No model is loaded on this server.";
+    return;
+  }
   const { channels, height, width } = model.input;
   $("model-info").textContent =
-    `Model ${model.name} · ${model.precision} · ${model.provider} · ` +
+    `Model ${model.name} version ${model.version} · ${model.precision} · ${model.provider} · ` +
     `${model.labels.length} classes · ` +
     `input ${channels}×${height}×${width}`;
   $("top-k").max = model.labels.length;
@@ -98,7 +119,8 @@ function showPredictions(answer, roundTripMs) {
   $("predictions").replaceChildren(...items);
   const t = answer.timings_ms;
   $("latency").textContent =
-    `${answer.model} on ${answer.provider}: server ${t.total.toFixed(1)} ms ` +
+    `${answer.model} version ${answer.version} on ${answer.provider}: ` +
+    `server ${t.total.toFixed(1)} ms ` +
     `(decode ${t.decode.toFixed(1)}, queue ${t.queue.toFixed(1)}, ` +
     `inference ${t.inference.toFixed(1)}), round trip ${roundTripMs.toFixed(0)} ms`;
   $("status").textContent = `Top class: ${answer.predictions[0][0].label}.`;
@@ -107,7 +129,11 @@ function showPredictions(answer, roundTripMs) {
 async function classify(file) {
   showError("");
   showPreview(file);
-  if (model && file.size > model.max_body_bytes) {
+  if (!model) {
+    showError("No model is loaded on this server.");
+    return;
+  }
+  if (file.size > model.max_body_bytes) {
     showError(
       `That image is too large for this server: ${file.size} bytes, ` +
         `the limit is ${model.max_body_bytes}.`,
@@ -118,7 +144,8 @@ async function classify(file) {
   const topK = Math.max(1, Number.parseInt($("top-k").value, 10) || 1);
   const started = performance.now();
   try {
-    const answer = await api(`/v1/classify?top_k=${topK}`, {
+    const path = `/v1/models/${encodeURIComponent(model.name)}/classify`;
+    const answer = await api(`${path}?top_k=${topK}`, {
       method: "POST",
       headers: { "Content-Type": "application/octet-stream" },
       body: file,
@@ -156,9 +183,10 @@ function setUp() {
   $("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
-    loadModel();
+    loadModels();
   });
-  loadModel();
+  $("model").addEventListener("change", () => chooseModel($("model").value));
+  loadModels();
 }
 
 setUp();

@@ -30,7 +30,7 @@ from fastapi import FastAPI, Request
 
 from ln2d.serve import images
 from ln2d.serve.model import Model, ModelInfo
-from ln2d.serve.server import inference_threads
+from ln2d.serve.registry import model_threads
 from ln2d.serve.settings import Settings
 from ln2d.serve.tools.launcher import ServerProcess
 from ln2d.serve.tools.loadgen import LoadResult, http_request, run_load
@@ -51,7 +51,7 @@ class BenchOptions:
 def plain_app() -> FastAPI:
     """The baseline endpoint (a uvicorn ``--factory``): decode and run inline, nothing else."""
     settings = Settings(model_path=Path(os.environ[PLAIN_MODEL]))
-    model = Model(settings.model_path, "cpu", False, inference_threads(settings))
+    model = Model(settings.model_path, "cpu", False, model_threads(settings, max_models=1))
     app = FastAPI()
 
     @app.post("/v1/classify")

@@ -20,6 +20,8 @@ class LoadResult:
     seconds: float
     statuses: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)  # time.perf_counter() at each send
+    bodies: list[bytes] | None = None  # each answer's body, when asked to keep them
     failures: int = 0  # connections refused or reset
 
     def summary(self, status: int | None = None) -> dict[str, float]:
@@ -49,12 +51,12 @@ def http_request(method: str, path: str, body: bytes, headers: dict[str, str]) -
 
 
 class _Client(asyncio.Protocol):
-    """One connection; ``exchange`` sends the request and resolves with the status code and
-    the Retry-After header's seconds (0 without one)."""
+    """One connection; ``exchange`` sends the request and resolves with the status code, the
+    Retry-After header's seconds (0 without one) and the body."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()
-        self.answer: asyncio.Future[tuple[int, float]] | None = None
+        self.answer: asyncio.Future[tuple[int, float, bytes]] | None = None
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -68,15 +70,16 @@ class _Client(asyncio.Protocol):
         head = bytes(self.buffer[:end]).lower()
         length = int(header(head, b"content-length") or 0)
         if len(self.buffer) >= end + 4 + length:
+            body = bytes(self.buffer[end + 4 : end + 4 + length])
             del self.buffer[: end + 4 + length]
             retry_after = float(header(head, b"retry-after") or 0)
-            self.answer.set_result((int(head[9:12]), retry_after))
+            self.answer.set_result((int(head[9:12]), retry_after, body))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.answer is not None and not self.answer.done():
             self.answer.set_exception(ConnectionError("connection closed"))
 
-    async def exchange(self, request: bytes) -> tuple[int, float]:
+    async def exchange(self, request: bytes) -> tuple[int, float, bytes]:
         self.answer = asyncio.get_running_loop().create_future()
         assert self.transport is not None
         self.transport.write(request)
@@ -114,13 +117,16 @@ async def _worker(
                 continue
         started = time.perf_counter()
         try:
-            status, retry_after = await client.exchange(request)
+            status, retry_after, body = await client.exchange(request)
         except ConnectionError:
             result.failures += 1
             client = None
             continue
         result.latencies.append(time.perf_counter() - started)
+        result.starts.append(started)
         result.statuses.append(status)
+        if result.bodies is not None:
+            result.bodies.append(body)
         if honour_retry_after and retry_after:
             if time.perf_counter() + retry_after >= stop_at:
                 break  # told to come back after the run ends
@@ -137,10 +143,11 @@ async def load(
     seconds: float,
     total: int,
     honour_retry_after: bool,
+    keep_bodies: bool = False,
 ) -> LoadResult:
     """Keep ``concurrency`` requests in flight for ``seconds`` or ``total`` answers; with
     ``honour_retry_after``, a client told to retry later waits as long as it is told."""
-    result = LoadResult(seconds)
+    result = LoadResult(seconds, bodies=[] if keep_bodies else None)
     started = time.perf_counter()
     stop_at = started + seconds
     await asyncio.gather(
@@ -161,9 +168,10 @@ def run_load(
     seconds: float,
     total: int = 2**62,
     honour_retry_after: bool = False,
+    keep_bodies: bool = False,
 ) -> LoadResult:
     """``load`` on its own event loop (uvloop's when installed)."""
-    work = load(host, port, request, concurrency, seconds, total, honour_retry_after)
+    work = load(host, port, request, concurrency, seconds, total, honour_retry_after, keep_bodies)
     try:
         import uvloop
     except ImportError:

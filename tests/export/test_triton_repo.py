@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from ln2d.export.triton_repo import render_pbtxt
+from ln2d import pbtxt
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.integration
@@ -132,6 +132,16 @@ def test_not_a_model_exits_2(tmp_path):
 
 def test_strings_are_quoted_and_enums_bare():
     config = {"name": 'a "b"', "instance_group": [{"kind": "KIND_CPU", "count": 2}]}
-    parsed = text_format.Parse(render_pbtxt(config), model_config_pb2.ModelConfig())
+    parsed = text_format.Parse(pbtxt.render(config), model_config_pb2.ModelConfig())
     assert parsed.name == 'a "b"'
     assert parsed.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+
+
+def test_a_second_version_is_written_beside_the_first(digits_onnx, tmp_path):
+    name = metadata(digits_onnx)["ln2d.name"]
+    for version in ("1", "2"):
+        result = run_cli("triton-repo", str(digits_onnx), str(tmp_path), "--version", version)
+        assert result.returncode == 0, result.stderr
+    folder = tmp_path / name
+    assert (folder / "1" / "model.onnx").is_file() and (folder / "2" / "model.onnx").is_file()
+    assert parse_config(folder / "config.pbtxt").name == name

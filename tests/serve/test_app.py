@@ -75,9 +75,12 @@ def test_bad_input_is_a_4xx_with_a_json_message(client, body, media_type, status
 
 def test_model_and_metrics(client):
     model = client.get("/v1/model").json()
-    assert model["name"] == "tiny" and len(model["labels"]) == 10
+    assert model["name"] == "tiny" and model["version"] == "1" and len(model["labels"]) == 10
     metrics = client.get("/metrics").text
-    assert 'ln2d_requests_total{endpoint="/v1/classify",status="200"}' in metrics
+    # Prometheus writes labels sorted by name.
+    request = 'endpoint="/v1/classify",model="tiny",status="200",version="1"'
+    assert f"ln2d_requests_total{{{request}}} " in metrics
+    assert 'ln2d_model_ready{model="tiny",version="1"} 1.0' in metrics
 
 
 def test_openapi_documents_every_error_answer(client):
@@ -85,8 +88,13 @@ def test_openapi_documents_every_error_answer(client):
     paths = spec["paths"]
     error_ref = "#/components/schemas/ErrorResponse"
     expected = {
-        ("/v1/classify", "post"): {"200", "400", "401", "413", "415", "422", "503", "504"},
-        ("/v1/model", "get"): {"200", "401"},
+        ("/v1/classify", "post"): {"200", "400", "401", "404", "413", "415", "422", "503", "504"},
+        ("/v1/models/{name}/classify", "post"): {"200", "400", "401", "404", "413", "503"},
+        ("/v1/model", "get"): {"200", "401", "404"},
+        ("/v1/models", "get"): {"200", "401"},
+        ("/v2/repository/index", "post"): {"200", "400", "401"},
+        ("/v2/repository/models/{name}/load", "post"): {"200", "400", "401", "403", "404"},
+        ("/v2/repository/models/{name}/unload", "post"): {"200", "401", "403", "404"},
         ("/v2/models/{name}/infer", "post"): {
             "200",
             "400",

@@ -14,6 +14,7 @@ import pytest
 from ln2d.serve.batcher import Batcher
 from ln2d.serve.errors import ApiError
 from ln2d.serve.metrics import Metrics
+from tests.serve.prometheus import sample
 from tests.tiny_models import classifier
 
 
@@ -34,7 +35,7 @@ def test_concurrent_requests_are_batched_and_answered_exactly(session):
 
     async def main() -> list:
         batcher = Batcher(_run(session), max_batch=4, max_delay_s=0.05, max_queue=16,
-                          metrics=metrics)  # fmt: skip
+                          metrics=metrics.for_model("m", 1))  # fmt: skip
         batcher.start()
 
         async def one(sample):
@@ -50,14 +51,13 @@ def test_concurrent_requests_are_batched_and_answered_exactly(session):
     direct = _run(session)(samples[:, 0])
     for (result,), expected in zip(answers, direct, strict=True):
         np.testing.assert_allclose(result.logits, expected, rtol=1e-6)
-    sizes = metrics.batch_size.collect()[0].samples
-    count = next(s.value for s in sizes if s.name.endswith("_count"))
+    count = sample(metrics.exposition().decode(), "ln2d_batch_size_count", model="m")
     assert count < len(samples)  # fewer model runs than requests: they were batched
 
 
 def test_admission_refuses_past_the_queue_limit(session):
     async def main() -> None:
-        batcher = Batcher(_run(session), 4, 0.0, max_queue=3, metrics=Metrics())
+        batcher = Batcher(_run(session), 4, 0.0, max_queue=3, metrics=Metrics().for_model("m", 1))
         with batcher.admit(2), pytest.raises(ApiError) as caught, batcher.admit(2):
             pass
         assert caught.value.status == 503 and caught.value.headers == {"Retry-After": "1"}
@@ -78,7 +78,7 @@ def test_a_request_alone_is_prepared_and_run_in_one_trip_and_others_still_batch(
         return samples[0]
 
     async def main() -> tuple:
-        batcher = Batcher(_run(session), 4, 0.05, max_queue=8, metrics=Metrics())
+        batcher = Batcher(_run(session), 4, 0.05, max_queue=8, metrics=Metrics().for_model("m", 1))
         batcher.start()
         try:
             with batcher.admit(1) as alone:
@@ -108,7 +108,7 @@ def test_run_alone_keeps_the_deadline_and_reports_a_failed_model_as_500(session)
         raise RuntimeError("broken model")
 
     async def main(run, deadline_s: float) -> ApiError:
-        batcher = Batcher(run, 4, 0.0, max_queue=8, metrics=Metrics())
+        batcher = Batcher(run, 4, 0.0, max_queue=8, metrics=Metrics().for_model("m", 1))
         batcher.start()
         slow = lambda: time.sleep(0.2) or np.zeros((1, 1, 8, 8), np.float32)  # noqa: E731
         try:

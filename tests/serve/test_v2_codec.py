@@ -26,7 +26,7 @@ def test_json_tensor_in_json_logits_out():
     request = parse_request(body, None, INFO, max_images=4)
     np.testing.assert_array_equal(request.samples, samples.reshape(2, 1, 2, 2))
     logits = np.array([[0.1, 0.9, 0.0], [2.0, 1.0, 3.0]], np.float32)
-    content, headers = build_response(request, logits, INFO)
+    content, headers = build_response(request, logits, INFO, 1)
     answer = json.loads(content)
     assert headers == {"content-type": "application/json"} and answer["id"] == "r1"
     (output,) = answer["outputs"]
@@ -45,7 +45,7 @@ def test_binary_tensor_in_binary_classification_out():
     request = parse_request(header + samples.tobytes(), str(len(header)), INFO, max_images=4)
     np.testing.assert_array_equal(request.samples.ravel(), samples)
     logits = np.array([[0.1, 0.9, 0.0], [2.0, 1.0, 3.0]], np.float32)
-    content, headers = build_response(request, logits, INFO)
+    content, headers = build_response(request, logits, INFO, 1)
     length = int(headers[HEADER_LENGTH])
     described = json.loads(content[:length])["outputs"][0]
     assert described["datatype"] == "BYTES" and described["shape"] == [2, 2]
