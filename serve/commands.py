@@ -19,17 +19,20 @@ from ln2d.serve.tools.client import DEFAULT_URL
 def register(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
-        help="serve an exported ONNX model over REST and the v2 inference protocol",
-        description="Serve MODEL.onnx: POST /v1/classify, the Open Inference Protocol under /v2, "
-        f"/metrics, /docs. Every option is also an environment variable ({ENV_PREFIX}MAX_BATCH "
-        "for --max-batch); a flag wins over the variable.",
+        help="serve an exported ONNX model, or a model repository, over REST and the v2 "
+        "inference protocol",
+        description="Serve MODEL.onnx, or every model of REPO_DIR (Triton's layout, as ln2d "
+        "triton-repo writes it: NAME/config.pbtxt, NAME/VERSION/model.onnx): POST "
+        "/v1/classify and /v1/models/NAME/classify, the Open Inference Protocol under /v2 with "
+        "its model repository extension, /metrics, /docs. Every option is also an environment "
+        f"variable ({ENV_PREFIX}MAX_BATCH for --max-batch); a flag wins over the variable.",
     )
     serve.add_argument(
         "model_path",
         type=Path,
         nargs="?",
-        metavar="MODEL.onnx",
-        help=f"the model written by ln2d export (or {ENV_PREFIX}MODEL_PATH)",
+        metavar="MODEL.onnx|REPO_DIR",
+        help=f"a model written by ln2d export, or a repository folder (or {ENV_PREFIX}MODEL_PATH)",
     )
     _add_settings_flags(serve)
     serve.set_defaults(run=run_serve, extra="serve,cpu")
@@ -182,7 +185,7 @@ def _validation_message(exc: Exception) -> str:
     for error in exc.errors():  # type: ignore[attr-defined]
         name = ".".join(map(str, error["loc"]))
         if name == "model_path" and error["type"] == "missing":
-            problems.append(f"give MODEL.onnx or set {ENV_PREFIX}MODEL_PATH")
+            problems.append(f"give MODEL.onnx or REPO_DIR, or set {ENV_PREFIX}MODEL_PATH")
         else:
             problems.append(f"--{name.replace('_', '-')}: {error['msg']}")
     return "; ".join(problems)

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from ln2d.serve.tools.launcher import ServerProcess
+from tests.helpers import run_cli
 from tests.images import digit, encode
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -209,7 +210,7 @@ def test_keyboard_only(page):
 
 def test_every_control_has_a_label_and_the_page_has_landmarks(page):
     unlabelled = page.tab.evaluate(
-        "[...document.querySelectorAll('input, button')]"
+        "[...document.querySelectorAll('input, button, select')]"
         ".filter(e => !(e.labels && e.labels.length) && !e.textContent.trim()).map(e => e.id)"
     )
     assert unlabelled == []
@@ -217,6 +218,34 @@ def test_every_control_has_a_label_and_the_page_has_landmarks(page):
     assert page.tab.locator("main h1").count() == 1
     assert page.tab.get_attribute("#error", "role") == "alert"
     assert page.tab.get_attribute("#status", "aria-live") == "polite"
+
+
+def test_a_repository_lets_the_person_pick_the_model(browser, digits_onnx, tmp_path):
+    repo = tmp_path / "repo"
+    for name in ("digits", "other-digits"):
+        result = run_cli("triton-repo", str(digits_onnx), str(repo), "--name", name)
+        assert result.returncode == 0, result.stderr
+    server = ServerProcess(repo)
+    page = Page(browser, server.url)
+    try:
+        assert page.tab.locator("#model-picker").is_visible()
+        options = page.tab.locator("#model option").all_inner_texts()
+        assert options == ["digits", "other-digits"]
+        page.tab.select_option("#model", "other-digits")
+        assert "Model other-digits version 1" in page.tab.inner_text("#model-info")
+        data, label = digit_png(4)
+        page.upload("digit.png", data)
+        assert page.predictions()[0][0] == label
+        assert page.tab.inner_text("#latency").startswith("other-digits version 1 on")
+        page.screenshot("desktop-model-picker")
+    finally:
+        page.close()
+        assert server.stop() == 0
+    assert page.problems == []
+
+
+def test_the_picker_stays_hidden_with_one_model(page):
+    assert page.tab.locator("#model-picker").is_hidden()
 
 
 def test_phone_width(browser, server):

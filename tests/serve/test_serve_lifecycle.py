@@ -166,7 +166,10 @@ def test_cuda_provider_is_active(digits_onnx):
         (["/nonexistent.onnx"], "model file not found"),
         (["MODEL", "--max-batch", "0"], "--max-batch"),
         (["MODEL", "--provider", "tpu"], "--provider"),
-        ([], "give MODEL.onnx or set LN2D_MODEL_PATH"),
+        ([], "give MODEL.onnx or REPO_DIR, or set LN2D_MODEL_PATH"),
+        (["MODEL", "--model-control-mode", "poll"], "needs a model repository folder"),
+        (["MODEL", "--model-control-mode", "sometimes"], "--model-control-mode"),
+        (["MODEL", "--max-models", "0"], "--max-models"),
     ],
 )
 def test_serve_cli_errors_are_one_line(digits_onnx, args, message):
