@@ -9,8 +9,9 @@ a random order, and an A/A row times the baseline twice, to show the noise.
 Scenarios: ``/v1/classify`` with a 224x224 PNG photo, a 12-megapixel JPEG, and eight PNGs in
 one multipart request (ln2d against the baseline); v2 binary infer (ln2d alone); overload runs
 (rejections and admitted requests timed apart), with clients that retry at once and clients
-that honour Retry-After; a soak run for resident-memory growth. The load generator
-(``loadgen``) runs in this process.
+that honour Retry-After; a soak run for resident-memory growth; two models in one server (a
+repository of two copies of the model): each alone and both at once, and one overloaded
+beside the other. The load generator (``loadgen``) runs in this process.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import io
 import json
 import os
 import random
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +108,48 @@ def run(options: BenchOptions) -> dict:
         ]
         report["soak"] = _soak(ln2d, v2, options.soak_requests)
         report["server_exit_code"] = ln2d.stop()
+    report["two_models"] = _two_models(options, model.info)
     return report
+
+
+def _two_models(options: BenchOptions, info: ModelInfo) -> dict:
+    """A repository of two copies of the model, ``a`` and ``b``, in one ln2d serve: at each
+    concurrency, ``b`` alone and both at once (in a random order); then ``a`` overloaded by
+    clients that retry at once while ``b`` keeps one client, beside ``b`` alone."""
+    with tempfile.TemporaryDirectory() as repo:
+        for name in ("a", "b"):
+            (Path(repo) / name / "1").mkdir(parents=True)
+            shutil.copyfile(options.model, Path(repo) / name / "1" / "model.onnx")
+        requests = {name: _v2_request(info, name) for name in ("a", "b")}
+        _progress(f"two models: starting ln2d serve on a repository of two copies ({repo})")
+        with ServerProcess(Path(repo), ["--no-access-log", *options.server_args]) as server:
+            rows = []
+            for concurrency in options.concurrency:
+                loads = {"b alone": {"b": concurrency}, "a and b": {"a": concurrency,
+                                                                    "b": concurrency}}  # fmt: skip
+                for label in random.sample(list(loads), len(loads)):
+                    _progress(f"two models: {label} at concurrency {concurrency}")
+                    measured = _together(server, requests, loads[label], options.seconds)
+                    rows.append({"load": label, "concurrency": concurrency, **measured})
+            _progress(f"two models: a at concurrency {options.overload} beside b at 1")
+            alone = _together(server, requests, {"b": 1}, options.seconds)
+            beside = _together(server, requests, {"a": options.overload, "b": 1}, options.seconds)
+            isolation = {"b_alone": alone["b"], "b_beside_overloaded_a": beside["b"],
+                         "a_overloaded": beside["a"]}  # fmt: skip
+            return {"rows": rows, "isolation": isolation, "server_exit_code": server.stop()}
+
+
+def _together(
+    server: ServerProcess, requests: dict[str, bytes], loads: dict[str, int], seconds: float
+) -> dict[str, dict]:
+    """Each model at its concurrency, all at once (one load generator thread per model)."""
+
+    def one(name: str) -> dict:
+        result = _measure(server, requests[name], loads[name], seconds)
+        return {**_row(result), "status_counts": result.status_counts()}
+
+    with ThreadPoolExecutor(len(loads)) as pool:
+        return dict(zip(loads, pool.map(one, loads), strict=True))
 
 
 def _overload(
@@ -233,7 +278,8 @@ CLASSIFY_SCENARIOS: dict[str, Callable[[], bytes]] = {
 }
 
 
-def _v2_request(info: ModelInfo) -> bytes:
+def _v2_request(info: ModelInfo, name: str | None = None) -> bytes:
+    """A v2 binary infer request for model ``name`` (default: the model's own)."""
     tensor = np.random.default_rng(0).standard_normal((1, *info.sample_shape))
     data = tensor.astype("<f4").tobytes()
     header = json.dumps(
@@ -251,7 +297,7 @@ def _v2_request(info: ModelInfo) -> bytes:
     ).encode()
     return http_request(
         "POST",
-        f"/v2/models/{info.name}/infer",
+        f"/v2/models/{name or info.name}/infer",
         header + data,
         {"Inference-Header-Content-Length": str(len(header))},
     )
@@ -337,7 +383,34 @@ def table(report: dict) -> str:
         f"{soak['rss_after_mb']:.1f} MiB ({soak['growth_percent']:+.2f}%); "
         f"server exit code after SIGTERM: {report['server_exit_code']}"
     )
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *_two_models_table(report["two_models"])])
+
+
+def _two_models_table(two: dict) -> list[str]:
+    lines = [
+        "Two models in one server (v2 binary; each model's own queue and thread share)",
+        "",
+        "| load | concurrency per model | a req/s | b req/s | a p99 ms | b p99 ms | non-200 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in two["rows"]:
+        a, b = row.get("a"), row["b"]
+        lines.append(
+            f"| {row['load']} | {row['concurrency']} | "
+            f"{a['req_per_s'] if a else 0:,.0f} | {b['req_per_s']:,.0f} | "
+            f"{a['p99_ms'] if a else float('nan'):.1f} | {b['p99_ms']:.1f} | "
+            f"{(a['non_200'] if a else 0) + b['non_200']} |"
+        )
+    iso = two["isolation"]
+    alone, beside, flooded = iso["b_alone"], iso["b_beside_overloaded_a"], iso["a_overloaded"]
+    lines += [
+        "",
+        f"isolation: b at concurrency 1 alone {alone['req_per_s']:,.0f} req/s, p99 "
+        f"{alone['p99_ms']:.1f} ms, non-200 {alone['non_200']}; beside a overloaded "
+        f"{beside['req_per_s']:,.0f} req/s, p99 {beside['p99_ms']:.1f} ms, non-200 "
+        f"{beside['non_200']}; a answered {flooded['status_counts']}",
+    ]
+    return lines
 
 
 def _progress(message: str) -> None:

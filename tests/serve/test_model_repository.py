@@ -153,6 +153,21 @@ def test_v1_routes_name_the_model_and_the_default(repo):
         assert answer.status_code == 404 and "no default model" in answer.json()["error"]
 
 
+def test_access_log_lines_and_metrics_name_the_model_and_version(repo):
+    with ServerProcess(repo, ["--max-batch", "8"]) as server:
+        answer = httpx.post(
+            f"{server.url}/v2/models/tiny/versions/1/infer", json={"inputs": [TENSOR]}
+        )
+        assert answer.status_code == 200, answer.text
+        metrics = httpx.get(f"{server.url}/metrics").text
+        wait_until(lambda: any("/v2/models/tiny/versions/1/infer" in line for line in server.logs))
+    (line,) = [line for line in server.logs if "/v2/models/tiny/versions/1/infer" in line]
+    access = json.loads(json.loads(line)["message"])
+    assert (access["model"], access["version"], access["status"]) == ("tiny", "1", 200)
+    assert 'ln2d_model_ready{model="digits",version="1"} 1.0' in metrics
+    assert 'ln2d_stage_seconds_count{model="tiny",stage="inference",version="1"} 1.0' in metrics
+
+
 def test_load_and_unload_are_explicit_only_and_need_the_token(repo):
     with serve(repo) as server:  # --model-control-mode none: the repository is fixed
         answer = httpx.post(f"{server.url}/v2/repository/models/tiny/unload")

@@ -362,3 +362,11 @@ def test_bench_serve_compares_with_the_plain_endpoint(digits_onnx, tmp_path):
     assert set(report["a_a"]) >= {"plain", "plain again", "p50_ratio"}
     assert report["server_exit_code"] == 0
     assert "A/A: classify_png_224, plain twice" in result.stdout
+    two = report["two_models"]
+    loads = {row["load"]: {"a", "b"} & set(row) for row in two["rows"]}
+    assert loads == {"b alone": {"b"}, "a and b": {"a", "b"}}
+    for row in two["rows"]:
+        assert all(row[name]["non_200"] == 0 for name in ("a", "b") if name in row), row
+    isolation = two["isolation"]
+    assert isolation["b_beside_overloaded_a"]["non_200"] == 0
+    assert two["server_exit_code"] == 0 and "Two models in one server" in result.stdout
