@@ -91,11 +91,6 @@ class Batcher:
     def full(self) -> bool:
         return self._admitted >= self.max_queue
 
-    @property
-    def admitted(self) -> int:
-        """Images accepted and not yet answered."""
-        return self._admitted
-
     @contextmanager
     def admit(self, images: int) -> Iterator[Admission]:
         """Reserve room for ``images`` until the request is answered; 503 when there is none."""

@@ -50,6 +50,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help=f"the server (env {ENV_PREFIX}URL; default {DEFAULT_URL})",
     )
     predict.add_argument("--top-k", type=int, default=3, help="classes per image (default: 3)")
+    predict.add_argument(
+        "--model", help="the model to ask, on a server with several (default: the server's)"
+    )
     predict.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     predict.add_argument("--json", action="store_true", help="print the server's JSON answers")
     predict.add_argument(
@@ -167,7 +170,7 @@ def _predict_all(args: argparse.Namespace, url: str) -> int:
     status = 0
     for path in args.images:
         try:
-            answer = classify(path, url, args.top_k, token, args.timeout)
+            answer = classify(path, url, args.top_k, token, args.timeout, args.model)
         except ClientFailure as exc:  # one line per image that failed; the others still run
             print(f"ln2d predict: error: {exc}", file=sys.stderr)
             status = EXIT_BAD_INPUT

@@ -98,7 +98,7 @@ class ModelMetrics:
         self.ready = metrics.model_ready.labels(*labels)
 
     def observe(self, stage: str, seconds: float) -> None:
-        self.metrics.observe(stage, seconds, self.model, self.version)
+        self.metrics._stage(stage, self.model, self.version).observe(seconds)
 
     def reject(self, reason: str) -> None:
         self.metrics.reject(reason, self.model, self.version)

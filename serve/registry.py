@@ -20,8 +20,7 @@ import ctypes.util
 import gc
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,16 +68,16 @@ class ServedVersion:
     def info(self) -> ModelInfo:
         return self.model.info
 
-    @contextmanager
-    def use(self) -> Iterator[ServedVersion]:
-        """Hold this version for one request; an unload waits until nobody holds it."""
+    def __enter__(self) -> ServedVersion:
+        """``with served:`` holds this version for one request; an unload waits until nobody
+        holds it. (A class, not a generator: it is on every request's path.)"""
         self.users += 1
-        try:
-            yield self
-        finally:
-            self.users -= 1
-            if not self.users:
-                self._idle.set()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.users -= 1
+        if not self.users:
+            self._idle.set()
 
     async def idle(self) -> None:
         while self.users:

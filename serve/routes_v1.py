@@ -91,7 +91,7 @@ def router(state: DataPlane) -> APIRouter:
     async def _classify(request: Request, served: ServedVersion, top_k: int) -> JSONResponse:
         arrived, deadline = time.monotonic(), state.deadline(request)
         info = served.info
-        with served.use():
+        with served:
             state.serving(request, served)
             blobs = await _images(request, settings.max_images)
             with served.batcher.admit(len(blobs)) as admission:

@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse, Response
 from ln2d.serve import v2_codec
 from ln2d.serve.dataplane import DataPlane, refuse_compressed
 from ln2d.serve.errors import documented
-from ln2d.serve.registry import ServedVersion
 
 # Parsing a JSON tensor this large would hold the event loop for milliseconds: use a thread.
 INLINE_PARSE_BYTES = 64 * 1024
@@ -26,7 +25,6 @@ def router(state: DataPlane) -> APIRouter:
     # A single model file's name is the document's only valid one; a repository's may change.
     model_name = Path(json_schema_extra={"enum": [single.name]} if single else None)
 
-    @routes.get("/v2", summary="Server metadata", responses=documented(401))
     async def server_metadata() -> dict:
         return {
             "name": "ln2d",
@@ -62,31 +60,44 @@ def router(state: DataPlane) -> APIRouter:
     ) -> Response:
         served = registry.resolve(name, version)
         state.check_ready()
-        with served.use():
-            state.serving(request, served)
-            return await _infer(request, served)
-
-    async def _infer(request: Request, served: ServedVersion) -> Response:
         deadline = state.deadline(request)
-        refuse_compressed(request)
-        body = await request.body()
-        header_length = request.headers.get(v2_codec.HEADER_LENGTH)
-        parse_args = (body, header_length, served.info, state.settings.max_images)
-        if len(body) <= INLINE_PARSE_BYTES:
-            parsed = v2_codec.parse_request(*parse_args)
-        else:
-            parsed = await asyncio.get_running_loop().run_in_executor(
-                state.decoders, v2_codec.parse_request, *parse_args
-            )
-        with served.batcher.admit(len(parsed.samples)) as admission:
-            results = await state.infer(served, admission, parsed.samples, deadline)
+        with served:
+            state.serving(request, served)
+            refuse_compressed(request)
+            body = await request.body()
+            header_length = request.headers.get(v2_codec.HEADER_LENGTH)
+            parse_args = (body, header_length, served.info, state.settings.max_images)
+            if len(body) <= INLINE_PARSE_BYTES:
+                parsed = v2_codec.parse_request(*parse_args)
+            else:
+                parsed = await asyncio.get_running_loop().run_in_executor(
+                    state.decoders, v2_codec.parse_request, *parse_args
+                )
+            with served.batcher.admit(len(parsed.samples)) as admission:
+                results = await state.infer(served, admission, parsed.samples, deadline)
         logits = np.stack([result.logits for result in results])
         content, headers = v2_codec.build_response(parsed, logits, served.info, served.version)
         return Response(content, headers=headers)
 
     schema = v2_codec.request_schema(state.settings.max_images, registry.single_info)
     infer_body = _infer_body(schema)
-    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+    # Routes are matched in order: inference first.
+    prefixes = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    for prefix in prefixes:
+        routes.add_api_route(
+            prefix + "/infer",
+            infer,
+            methods=["POST"],
+            summary="Inference: JSON tensors or binary tensor data",
+            responses={200: _INFER_ANSWER, **documented(400, 401, 404, 408, 413, 415, 503, 504)},
+            response_model=None,
+            openapi_extra=infer_body,
+        )
+    routes.add_api_route(
+        "/v2", server_metadata, methods=["GET"], summary="Server metadata",
+        responses=documented(401),
+    )  # fmt: skip
+    for prefix in prefixes:
         routes.add_api_route(
             prefix,
             model_metadata,
@@ -100,15 +111,6 @@ def router(state: DataPlane) -> APIRouter:
             methods=["GET"],
             summary="Model readiness",
             responses=documented(400, 401, 404),
-        )
-        routes.add_api_route(
-            prefix + "/infer",
-            infer,
-            methods=["POST"],
-            summary="Inference: JSON tensors or binary tensor data",
-            responses={200: _INFER_ANSWER, **documented(400, 401, 404, 408, 413, 415, 503, 504)},
-            response_model=None,
-            openapi_extra=infer_body,
         )
     return routes
 

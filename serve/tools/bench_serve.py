@@ -114,8 +114,9 @@ def run(options: BenchOptions) -> dict:
 
 def _two_models(options: BenchOptions, info: ModelInfo) -> dict:
     """A repository of two copies of the model, ``a`` and ``b``, in one ln2d serve: at each
-    concurrency, ``b`` alone and both at once (in a random order); then ``a`` overloaded by
-    clients that retry at once while ``b`` keeps one client, beside ``b`` alone."""
+    concurrency, ``b`` alone and both at once (in a random order); then ``a`` overloaded beside
+    ``b`` at concurrency 1, by clients that retry at once and by clients that honour
+    Retry-After, beside ``b`` alone."""
     with tempfile.TemporaryDirectory() as repo:
         for name in ("a", "b"):
             (Path(repo) / name / "1").mkdir(parents=True)
@@ -131,21 +132,31 @@ def _two_models(options: BenchOptions, info: ModelInfo) -> dict:
                     _progress(f"two models: {label} at concurrency {concurrency}")
                     measured = _together(server, requests, loads[label], options.seconds)
                     rows.append({"load": label, "concurrency": concurrency, **measured})
-            _progress(f"two models: a at concurrency {options.overload} beside b at 1")
-            alone = _together(server, requests, {"b": 1}, options.seconds)
-            beside = _together(server, requests, {"a": options.overload, "b": 1}, options.seconds)
-            isolation = {"b_alone": alone["b"], "b_beside_overloaded_a": beside["b"],
-                         "a_overloaded": beside["a"]}  # fmt: skip
+            isolation = {"b_alone": _together(server, requests, {"b": 1}, options.seconds)["b"]}
+            for honour in (False, True):
+                clients = "honouring Retry-After" if honour else "retrying at once"
+                _progress(f"two models: a at {options.overload} ({clients}) beside b at 1")
+                loads = {"a": options.overload, "b": 1}
+                both = _together(server, requests, loads, options.seconds, honour_a=honour)
+                isolation[clients] = {"a_overloaded": both["a"], "b": both["b"]}
             return {"rows": rows, "isolation": isolation, "server_exit_code": server.stop()}
 
 
 def _together(
-    server: ServerProcess, requests: dict[str, bytes], loads: dict[str, int], seconds: float
+    server: ServerProcess,
+    requests: dict[str, bytes],
+    loads: dict[str, int],
+    seconds: float,
+    honour_a: bool = False,
 ) -> dict[str, dict]:
-    """Each model at its concurrency, all at once (one load generator thread per model)."""
+    """Each model at its concurrency, all at once (one load generator thread per model);
+    ``a``'s clients honour Retry-After when ``honour_a``."""
 
     def one(name: str) -> dict:
-        result = _measure(server, requests[name], loads[name], seconds)
+        host, port, request = server.host, server.port, requests[name]
+        run_load(host, port, request, loads[name], 1.0)  # warm
+        honour = honour_a and name == "a"
+        result = run_load(host, port, request, loads[name], seconds, honour_retry_after=honour)
         return {**_row(result), "status_counts": result.status_counts()}
 
     with ThreadPoolExecutor(len(loads)) as pool:
@@ -402,14 +413,18 @@ def _two_models_table(two: dict) -> list[str]:
             f"{(a['non_200'] if a else 0) + b['non_200']} |"
         )
     iso = two["isolation"]
-    alone, beside, flooded = iso["b_alone"], iso["b_beside_overloaded_a"], iso["a_overloaded"]
+    alone = iso["b_alone"]
     lines += [
         "",
-        f"isolation: b at concurrency 1 alone {alone['req_per_s']:,.0f} req/s, p99 "
-        f"{alone['p99_ms']:.1f} ms, non-200 {alone['non_200']}; beside a overloaded "
-        f"{beside['req_per_s']:,.0f} req/s, p99 {beside['p99_ms']:.1f} ms, non-200 "
-        f"{beside['non_200']}; a answered {flooded['status_counts']}",
+        f"b at concurrency 1 alone: {alone['req_per_s']:,.0f} req/s, p99 {alone['p99_ms']:.1f} ms, "
+        f"non-200 {alone['non_200']}",
     ]
+    for clients in ("retrying at once", "honouring Retry-After"):
+        b, a = iso[clients]["b"], iso[clients]["a_overloaded"]
+        lines.append(
+            f"b at 1 beside a overloaded by clients {clients}: {b['req_per_s']:,.0f} req/s, "
+            f"p99 {b['p99_ms']:.1f} ms, non-200 {b['non_200']}; a answered {a['status_counts']}"
+        )
     return lines
 
 

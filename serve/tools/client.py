@@ -1,4 +1,5 @@
-"""A minimal client for ``/v1/classify`` (standard library only)."""
+"""A minimal client for ``/v1/classify`` and ``/v1/models/{name}/classify`` (standard library
+only)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import mimetypes
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -15,8 +17,16 @@ class ClientFailure(Exception):
     """The server could not be reached, or it refused the image; the message says which."""
 
 
-def classify(path: Path, url: str, top_k: int, token: str | None, timeout: float) -> dict:
-    """POST one image file as the raw body; the server's JSON answer."""
+def classify(
+    path: Path,
+    url: str,
+    top_k: int,
+    token: str | None,
+    timeout: float,
+    model: str | None = None,
+) -> dict:
+    """POST one image file as the raw body, to ``model`` or the server's default; the server's
+    JSON answer."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -25,8 +35,9 @@ def classify(path: Path, url: str, top_k: int, token: str | None, timeout: float
     headers = {"Content-Type": media_type}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    route = "/v1/classify" if model is None else f"/v1/models/{quote(model, safe='')}/classify"
     request = urllib.request.Request(
-        f"{url.rstrip('/')}/v1/classify?top_k={top_k}", data=data, headers=headers
+        f"{url.rstrip('/')}{route}?top_k={top_k}", data=data, headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -13,11 +13,12 @@ import pytest
 import yaml
 
 from ln2d.serve.tools.launcher import ServerProcess
-from tests.helpers import DOCKERFILES, ROOT, image_command
+from tests.helpers import DOCKERFILES, ROOT, image_command, run_cli
 
 pytestmark = pytest.mark.integration
 
 KUBERNETES = sorted((ROOT / "docker" / "kubernetes").glob("*.yaml"))
+REPOSITORY = sorted((ROOT / "docker" / "kubernetes-repository").glob("*.yaml"))
 KSERVE = sorted((ROOT / "docker" / "kserve").glob("*.yaml"))
 K8S_VERSION = "1.33.0"
 IMAGE_ENV = image_command(DOCKERFILES[0])[1]
@@ -46,11 +47,11 @@ POD_SPEC = {
 def containers() -> list[tuple[str, dict]]:
     """Every ln2d container in every manifest, with the name of the manifest it is in."""
     found = []
-    for path in KUBERNETES + KSERVE:
+    for path in KUBERNETES + REPOSITORY + KSERVE:
         doc = load(path)
         if doc["kind"] in POD_SPEC:
             pod = POD_SPEC[doc["kind"]](doc["spec"])
-            found += [(path.name, c) for c in pod.get("containers", [])]
+            found += [(f"{path.parent.name}/{path.name}", c) for c in pod.get("containers", [])]
     return found
 
 
@@ -71,7 +72,9 @@ def port_number(container: dict, port: int | str) -> int:
     return number
 
 
-@pytest.mark.parametrize("path", KUBERNETES, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", KUBERNETES + REPOSITORY, ids=lambda p: p.parent.name + "/" + p.name
+)
 def test_kubernetes_manifests_validate_against_the_schema(path):
     kubernetes_validate.validate(load(path), K8S_VERSION, strict=True)
 
@@ -129,6 +132,29 @@ def test_deployment_drain_service_and_autoscaler_fit_together():
     assert "cpu" in container["resources"]["requests"]  # utilisation is relative to requests
 
 
+def test_the_repository_deployment_serves_its_claim_read_only():
+    kinds = by_kind(REPOSITORY)
+    (deployment,), (service,), (claim,) = (
+        kinds["Deployment"],
+        kinds["Service"],
+        kinds["PersistentVolumeClaim"],
+    )
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = env_of(container)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env["LN2D_MODEL_PATH"]]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert mount["readOnly"] and volume["persistentVolumeClaim"]["readOnly"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]  # every replica mounts it
+    assert env["LN2D_MODEL_CONTROL_MODE"] == "poll"
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert service["metadata"]["name"] != "ln2d"  # both deployments can run side by side
+    drain = float(env["LN2D_DRAIN_TIMEOUT_S"])
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pod["spec"]["terminationGracePeriodSeconds"] > float(pre_stop[1]) + drain
+
+
 def test_kserve_runtime_and_inference_services_refer_to_each_other():
     kinds = by_kind(KSERVE)
     (runtime,) = kinds["ServingRuntime"]
@@ -156,9 +182,14 @@ def test_kserve_runtime_and_inference_services_refer_to_each_other():
 @pytest.mark.slow
 @EACH_CONTAINER
 def test_probe_paths_answer_on_a_real_server_with_the_manifest_environment(
-    where, container, digits_onnx
+    where, container, digits_onnx, tmp_path
 ):
-    env = {**env_of(container), "LN2D_MODEL_PATH": str(digits_onnx)}
+    served = digits_onnx
+    if "LN2D_MODEL_CONTROL_MODE" in env_of(container):  # a repository, made as a user would
+        served = tmp_path / "repo"
+        made = run_cli("triton-repo", str(digits_onnx), str(served))
+        assert made.returncode == 0, made.stderr
+    env = {**env_of(container), "LN2D_MODEL_PATH": str(served)}
     env.update(LN2D_HOST="127.0.0.1", LN2D_PORT="0")
     server = ServerProcess(None, env=env)
     try:

@@ -26,7 +26,7 @@ import yaml
 from PIL import Image
 
 from ln2d.serve.tools.launcher import ServerProcess
-from tests.helpers import DOCKERFILES, ROOT, image_command
+from tests.helpers import DOCKERFILES, ROOT, image_command, run_cli
 from tests.images import digit, encode, png
 
 pytestmark = pytest.mark.image
@@ -74,11 +74,22 @@ def container() -> Iterator[str]:
         subprocess.run([*BUILDAH, "rm", name], capture_output=True)
 
 
-def run_in(name: str, config: ImageConfig, env: dict[str, str], command: list[str]) -> list[str]:
+def run_in(
+    name: str,
+    config: ImageConfig,
+    env: dict[str, str],
+    command: list[str],
+    volumes: dict[Path, str] | None = None,
+) -> list[str]:
     """The ``buildah run`` command line for ``command`` in the container, as the image's user
-    with the image's environment updated by ``env``."""
+    with the image's environment updated by ``env`` and host folders mounted read-only."""
     settings = [
         arg for key, value in {**config.env, **env}.items() for arg in ("--env", f"{key}={value}")
+    ]
+    settings += [
+        arg
+        for host, inside in (volumes or {}).items()
+        for arg in ("--volume", f"{host}:{inside}:ro")
     ]
     return [
         *BUILDAH,
@@ -163,6 +174,34 @@ def test_the_image_serves_as_configured_and_drains_on_its_stop_signal(config):
             server.kill()
 
 
+def test_the_image_serves_a_mounted_repository(config, digits_onnx, tmp_path):
+    """As the repository Deployment runs it: a folder mounted read-only, watched."""
+    repo = tmp_path / "repo"
+    for name in ("digits", "digits-b"):
+        made = run_cli("triton-repo", str(digits_onnx), str(repo), "--name", name)
+        assert made.returncode == 0, made.stderr
+    for path in [repo, *repo.rglob("*")]:  # readable by the image's user, not only by ours
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    port = free_port()
+    overrides = {
+        "LN2D_HOST": "127.0.0.1",
+        "LN2D_PORT": str(port),
+        "LN2D_MODEL_PATH": "/models/repository",
+        "LN2D_MODEL_CONTROL_MODE": "poll",
+    }
+    with container() as name:
+        command = run_in(name, config, overrides, config.entrypoint, {repo: "/models/repository"})
+        with ServerProcess(None, command=command) as server:
+            listing = httpx.get(f"{server.url}/v1/models").json()
+            assert [m["name"] for m in listing["models"]] == ["digits", "digits-b"]
+            pixels, label = digit(3)
+            for model in ("digits", "digits-b"):
+                answer = httpx.post(f"{server.url}/v1/models/{model}/classify",
+                                    content=png(pixels), headers=PNG)  # fmt: skip
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["predictions"][0][0]["label"] == label
+
+
 def _classifies_png_and_jpeg_and_answers_v2(url: str) -> None:
     pixels, label = digit(3)
     answer = httpx.post(f"{url}/v1/classify", content=png(pixels), headers=PNG)
@@ -228,4 +267,9 @@ def test_the_image_config_is_what_the_dockerfile_and_the_manifests_say(config):
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["ln2d"]
     assert compose["ports"][0].endswith(f":{config.env['LN2D_PORT']}")
     grace = float(compose["stop_grace_period"].rstrip("s"))
+    services = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]
+    repository = services["ln2d-repository"]
+    (volume,) = repository["volumes"]
+    assert volume.split(":")[1] == repository["environment"]["LN2D_MODEL_PATH"]
+    assert volume.endswith(":ro") and repository["image"] == compose["image"]
     assert grace > float(config.env["LN2D_DRAIN_TIMEOUT_S"])

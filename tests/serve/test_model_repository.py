@@ -125,12 +125,12 @@ def test_tritonclient_index_load_and_unload(repo, digits_onnx):
 
 
 def test_v1_routes_name_the_model_and_the_default(repo):
-    png = _png_8x8()
+    body = _png_8x8()
     with serve(repo, "--default-model", "tiny") as server:
-        answer = httpx.post(f"{server.url}/v1/classify", content=png,
+        answer = httpx.post(f"{server.url}/v1/classify", content=body,
                             headers={"content-type": "image/png"})  # fmt: skip
         assert answer.status_code == 200 and answer.json()["model"] == "tiny"
-        named = httpx.post(f"{server.url}/v1/models/digits/classify", content=png,
+        named = httpx.post(f"{server.url}/v1/models/digits/classify", content=body,
                            headers={"content-type": "image/png"})  # fmt: skip
         assert named.status_code == 200, named.text
         assert (named.json()["model"], named.json()["version"]) == ("digits", "1")
@@ -144,13 +144,20 @@ def test_v1_routes_name_the_model_and_the_default(repo):
         assert all(m["threads"] == listing["threads_per_model"] >= 1 for m in listing["models"])
         assert all(m["memory_bytes"] > 0 for m in listing["models"])
         assert httpx.get(f"{server.url}/v1/models/tiny").json()["labels"] == list("0123456789")
-        missing = httpx.post(f"{server.url}/v1/models/nope/classify", content=png,
+        missing = httpx.post(f"{server.url}/v1/models/nope/classify", content=body,
                              headers={"content-type": "image/png"})  # fmt: skip
         assert missing.status_code == 404 and "unknown model 'nope'" in missing.json()["error"]
+    image = repo.parent / "digit.png"
+    image.write_bytes(body)
     with serve(repo) as server:  # two models and no default: /v1/classify cannot guess
-        answer = httpx.post(f"{server.url}/v1/classify", content=png,
+        answer = httpx.post(f"{server.url}/v1/classify", content=body,
                             headers={"content-type": "image/png"})  # fmt: skip
         assert answer.status_code == 404 and "no default model" in answer.json()["error"]
+        asked = run_cli("predict", str(image), "--url", server.url, "--model", "tiny", "--json")
+        assert asked.returncode == 0, asked.stderr
+        assert json.loads(asked.stdout)["model"] == "tiny"
+        unnamed = run_cli("predict", str(image), "--url", server.url)
+        assert unnamed.returncode == 2 and "no default model" in unnamed.stderr
 
 
 def test_access_log_lines_and_metrics_name_the_model_and_version(repo):

@@ -69,7 +69,7 @@ def test_a_swap_serves_the_new_version_first_and_the_old_one_until_its_requests_
         models = registry(tmp_path, model_control_mode="explicit")
         await models.load("m")
         old = models.resolve("m")
-        with old.use():  # a request in flight on version 1
+        with old:  # a request in flight on version 1
             add_version(tmp_path, "m", 2, seed=2)
             swap = asyncio.create_task(models.load("m"))
             while not models.ready_versions() or models.resolve("m").version != 2:
