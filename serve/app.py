@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from ln2d.errors import UserError
 from ln2d.serve import page, routes_health, routes_repository, routes_v1, routes_v2
 from ln2d.serve.dataplane import DataPlane
 from ln2d.serve.errors import ApiError
@@ -42,11 +43,16 @@ def create_app(settings: Settings, model: Model | None = None) -> FastAPI:
     metrics = Metrics()
     state = DataPlane(settings, _registry(settings, metrics, model), metrics)
 
+    grpc_service = _grpc_service() if settings.grpc_port is not None else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        grpc_server = await grpc_service.start(state) if grpc_service else None
         starting = asyncio.create_task(state.start())
         yield
         state.set_not_ready("shutting down")
+        if grpc_server is not None:  # its in-flight calls finish within the drain timeout
+            await grpc_server.stop(settings.drain_timeout_s)
         starting.cancel()
         await state.registry.stop()
         state.decoders.shutdown(wait=False, cancel_futures=True)
@@ -96,6 +102,17 @@ def _registry(settings: Settings, metrics: Metrics, model: Model | None) -> Regi
         threads = model_threads(settings, max_models=1)
         model = Model(path, settings.provider, settings.cpu_fallback, threads)
     return Registry(settings, metrics, Source.file(path, model.info.name), model)
+
+
+def _grpc_service():
+    try:
+        from ln2d.serve import grpc_service
+    except ImportError as missing:
+        raise UserError(
+            f"--grpc-port needs the grpc extra ({missing.name} is not installed): "
+            "pip install 'ln2d[serve,grpc]'"
+        ) from None
+    return grpc_service
 
 
 def _bearer(settings: Settings):  # async: a sync dependency costs a thread hop per request

@@ -100,6 +100,7 @@ class Batcher:
                 503,
                 f"server busy: {self._admitted} images queued (limit {self.max_queue})",
                 {"Retry-After": "1"},
+                reason="queue_full",
             )
         admission = Admission(images, images)
         self._admitted += images

@@ -23,7 +23,7 @@ from ln2d.serve.batcher import Admission, Result
 from ln2d.serve.errors import ApiError
 from ln2d.serve.metrics import Metrics
 from ln2d.serve.model import ModelInfo
-from ln2d.serve.registry import Registry, ServedVersion
+from ln2d.serve.registry import LoadFailed, Registry, ServedVersion
 from ln2d.serve.settings import Settings
 
 log = logging.getLogger("ln2d.serve")
@@ -77,6 +77,35 @@ class DataPlane:
                 f"{served.name!r}; retry later"
             )
         return None
+
+    async def load_model(self, name: str, parameters: dict) -> None:
+        """The repository extension's load, for either protocol: explicit mode only, as in
+        Triton; answers once the model is ready."""
+        self._check_explicit()
+        if parameters:
+            raise ApiError(
+                400,
+                f"load parameters are not supported ({', '.join(sorted(parameters))}): ln2d "
+                "loads a model only as its repository folder holds it",
+            )
+        if not self.registry.known(name):
+            raise ApiError(404, f"no model {name!r} in the repository")
+        try:
+            await self.registry.load(name)
+        except LoadFailed as failed:
+            raise ApiError(400, f"failed to load {name!r}: {failed}") from None
+
+    async def unload_model(self, name: str) -> None:
+        self._check_explicit()
+        await self.registry.unload(name)
+
+    def _check_explicit(self) -> None:
+        mode = self.settings.model_control_mode
+        if mode != "explicit":
+            raise ApiError(
+                403,
+                f"explicit model load / unload is not allowed with --model-control-mode {mode}",
+            )
 
     @staticmethod
     def deadline(request: Request) -> float:

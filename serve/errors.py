@@ -35,8 +35,17 @@ def documented(*statuses: int) -> dict[int | str, dict]:
 class ApiError(Exception):
     """A request the server will not serve (4xx) or could not (5xx), with its status code."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """``reason`` tells refusals of one status apart where another protocol needs it:
+        ``queue_full`` is gRPC's RESOURCE_EXHAUSTED, any other 503 its UNAVAILABLE."""
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.reason = reason

@@ -77,9 +77,13 @@ _ids = itertools.count(1)
 
 
 def _request_id(scope: Scope) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id" and REQUEST_ID.fullmatch(value.decode("latin-1")):
-            return value
+    return request_id(dict(scope["headers"]).get(b"x-request-id"))
+
+
+def request_id(sent: bytes | None) -> bytes:
+    """The client's ``X-Request-ID`` when it is a sane token, else a new one (any protocol)."""
+    if sent is not None and REQUEST_ID.fullmatch(sent.decode("latin-1")):
+        return sent
     return f"{_ID_PREFIX}-{next(_ids)}".encode()
 
 

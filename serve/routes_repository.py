@@ -12,14 +12,13 @@ from fastapi.responses import JSONResponse
 
 from ln2d.serve.dataplane import DataPlane
 from ln2d.serve.errors import ApiError, documented
-from ln2d.serve.registry import LoadFailed
 
 _CHANGE_ERRORS = documented(400, 401, 403, 404, 503)
 
 
 def router(state: DataPlane) -> APIRouter:
     routes = APIRouter(tags=["v2 model repository"])
-    registry, settings = state.registry, state.settings
+    registry = state.registry
 
     @routes.post(
         "/v2/repository/index",
@@ -36,20 +35,8 @@ def router(state: DataPlane) -> APIRouter:
         responses=_CHANGE_ERRORS,
     )
     async def load(name: str, request: Request) -> dict:
-        _check_explicit()
         parameters = (await _json_body(request)).get("parameters") or {}
-        if parameters:
-            raise ApiError(
-                400,
-                f"load parameters are not supported ({', '.join(sorted(parameters))}): ln2d "
-                "loads a model only as its repository folder holds it",
-            )
-        if not registry.known(name):
-            raise ApiError(404, f"no model {name!r} in the repository")
-        try:
-            await registry.load(name)
-        except LoadFailed as failed:
-            raise ApiError(400, f"failed to load {name!r}: {failed}") from None
+        await state.load_model(name, parameters)
         return {}
 
     @routes.post(
@@ -58,18 +45,9 @@ def router(state: DataPlane) -> APIRouter:
         responses=_CHANGE_ERRORS,
     )
     async def unload(name: str, request: Request) -> dict:
-        _check_explicit()
         await _json_body(request)
-        await registry.unload(name)
+        await state.unload_model(name)
         return {}
-
-    def _check_explicit() -> None:
-        mode = settings.model_control_mode
-        if mode != "explicit":
-            raise ApiError(
-                403,
-                f"explicit model load / unload is not allowed with --model-control-mode {mode}",
-            )
 
     return routes
 

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 in a container")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port)")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="also serve the Open Inference Protocol over gRPC on this port (0 = any "
+        "free port; unset = off; needs the grpc extra)",
+    )
     provider: Literal["cpu", "cuda"] = Field("cpu", description="ONNX Runtime execution provider")
     cpu_fallback: bool = Field(
         False, description="with --provider cuda, serve on CPU when CUDA is unavailable"

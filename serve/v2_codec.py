@@ -65,18 +65,9 @@ def build_response(
     request: InferRequest, logits: np.ndarray, info: ModelInfo, version: int
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers; ``model_version`` names the version that ran."""
-    name, output = info.output_name, request.output
-    if output.class_count:
-        tensor = _classification(logits, info.labels, output.class_count)
-        datatype, raw = "BYTES", _bytes_tensor(tensor)
-    else:
-        tensor = logits.astype(ENDIAN_FLOAT32, copy=False)
-        datatype, raw = DATATYPE, tensor.tobytes()
-    described: dict[str, object] = {
-        "name": name,
-        "datatype": datatype,
-        "shape": list(tensor.shape),
-    }
+    output = request.output
+    datatype, shape, raw, tensor = output_tensor(logits, info, output.class_count)
+    described: dict[str, object] = {"name": info.output_name, "datatype": datatype, "shape": shape}
     if output.binary:
         described["parameters"] = {"binary_data_size": len(raw)}
     else:
@@ -219,13 +210,9 @@ def _input_tensor(
     tensor: dict, binary: bytes, info: ModelInfo, max_images: int
 ) -> tuple[np.ndarray, int]:
     """The ``(N, C, H, W)`` samples and how many binary bytes they used."""
-    if tensor.get("name") != info.input_name:
-        raise ApiError(
-            400, f"unknown input {tensor.get('name')!r}; the model's input is {info.input_name!r}"
-        )
-    if tensor.get("datatype") != DATATYPE:
-        raise ApiError(400, f"input datatype must be {DATATYPE}, got {tensor.get('datatype')!r}")
-    shape = _shape(tensor.get("shape"), info, max_images)
+    shape = check_input(
+        tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), info, max_images
+    )
     count = int(np.prod(shape))
     size = _dict(tensor.get("parameters", {}), "input parameters").get("binary_data_size")
     if size is not None:
@@ -238,9 +225,37 @@ def _input_tensor(
         values, used = np.frombuffer(binary, ENDIAN_FLOAT32, count), size
     else:
         values, used = _json_data(tensor.get("data"), count), 0
+    return samples(values, shape), used
+
+
+def check_input(
+    name: object, datatype: object, shape: object, info: ModelInfo, max_images: int
+) -> list[int]:
+    """The input's shape, once its name, datatype and shape are the model's (any protocol)."""
+    if name != info.input_name:
+        raise ApiError(400, f"unknown input {name!r}; the model's input is {info.input_name!r}")
+    if datatype != DATATYPE:
+        raise ApiError(400, f"input datatype must be {DATATYPE}, got {datatype!r}")
+    return _shape(shape, info, max_images)
+
+
+def samples(values: np.ndarray, shape: list[int]) -> np.ndarray:
+    """Checked values as the ``(N, C, H, W)`` float32 samples (any protocol)."""
     if not np.isfinite(values).all():
         raise ApiError(400, "input contains NaN or infinite values")
-    return values.reshape(shape).astype(np.float32), used
+    return values.reshape(shape).astype(np.float32)
+
+
+def output_tensor(
+    logits: np.ndarray, info: ModelInfo, class_count: int
+) -> tuple[str, list[int], bytes, np.ndarray]:
+    """The answer's one output (any protocol): datatype, shape, raw bytes, and the tensor
+    (the top ``class_count`` classes as ``score:index:label`` strings, or the logits)."""
+    if class_count:
+        tensor = _classification(logits, info.labels, class_count)
+        return "BYTES", list(tensor.shape), _bytes_tensor(tensor), tensor
+    tensor = logits.astype(ENDIAN_FLOAT32, copy=False)
+    return DATATYPE, list(tensor.shape), tensor.tobytes(), tensor
 
 
 def _shape(shape: object, info: ModelInfo, max_images: int) -> list[int]:

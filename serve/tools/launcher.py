@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 LISTENING = re.compile(r"running on http://([^:\s]+):(\d+)")
+GRPC_LISTENING = re.compile(r"gRPC running on ([^:\s]+):(\d+)")
 
 
 class LaunchError(Exception):
@@ -52,6 +53,7 @@ class ServerProcess:
         self.logs: list[str] = []
         self._address = threading.Event()
         self.host, self.port = "", 0
+        self.grpc_port: int | None = None  # when started with --grpc-port
         threading.Thread(target=self._read_logs, daemon=True).start()
         self._wait_ready(ready_timeout)
 
@@ -63,6 +65,9 @@ class ServerProcess:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.logs.append(line.rstrip("\n"))
+            grpc_match = GRPC_LISTENING.search(line)
+            if grpc_match:
+                self.grpc_port = int(grpc_match[2])
             match = LISTENING.search(line)
             if match and not self._address.is_set():
                 self.host, self.port = match[1], int(match[2])
