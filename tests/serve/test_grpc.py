@@ -6,6 +6,9 @@ UNKNOWN or INTERNAL, and the server answers normally afterwards."""
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
 
 import grpc
 import httpx
@@ -18,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from ln2d.serve.tools.launcher import ServerProcess
 from tests.helpers import reference_session
+from tests.images import digit, png
 from tests.serve.prometheus import sample
 
 pytestmark = pytest.mark.integration
@@ -179,3 +183,39 @@ def test_metrics_and_log_lines_count_grpc_calls_like_http_ones(digits_onnx):
     assert sample(metrics, "ln2d_stage_seconds_count", stage="inference", model=MODEL) >= 1
     lines = [json.loads(json.loads(line)["message"]) for line in server.logs if path in line]
     assert [(e["status"], e["model"]) for e in lines] == [("OK", MODEL), ("NOT_FOUND", "")]
+
+
+def test_sigterm_drains_grpc_calls_as_it_drains_http_ones(digits_onnx):
+    """An HTTP request decoding 64 large PNGs holds a gRPC call in the batch window (up to
+    1 s, while admitted images are still being decoded); SIGTERM arrives with both in flight."""
+    flags = ["--grpc-port", "0", "--max-images", "64", "--decode-threads", "1",
+             "--max-delay-ms", "1000", "--max-queue", "128"]  # fmt: skip
+    server = ServerProcess(digits_onnx, flags)
+    photo = png(digit(0)[0].repeat(40, axis=0).repeat(40, axis=1))
+    files = [("file", (f"{i}.png", photo, "image/png")) for i in range(64)]
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(
+        grpc.insecure_channel(f"{server.host}:{server.grpc_port}")
+    )
+    answers: dict[str, object] = {}
+    http = threading.Thread(
+        target=lambda: answers.update(http=httpx.post(f"{server.url}/v1/classify", files=files))
+    )
+    http.start()
+    wait_for(server, "ln2d_queue_depth", 64)  # the HTTP request's images are admitted
+    call = stub.ModelInfer.future(_raw_request(X[:1]))
+    wait_for(server, "ln2d_queue_depth", 65)  # and the gRPC call's image is queued
+    server.process.send_signal(signal.SIGTERM)
+    answers["grpc"] = call.result(timeout=30)
+    http.join(30)
+    assert server.process.wait(30) == 0
+    assert answers["http"].status_code == 200 and answers["grpc"].raw_output_contents
+    with pytest.raises(grpc.RpcError) as refused:  # and the port is closed now
+        stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=5)
+    assert refused.value.code() == Code.UNAVAILABLE
+
+
+def wait_for(server: ServerProcess, metric: str, value: float) -> None:
+    deadline = time.monotonic() + 20
+    while sample(httpx.get(f"{server.url}/metrics").text, metric) < value:
+        assert time.monotonic() < deadline, f"{metric} never reached {value}"
+        time.sleep(0.005)
