@@ -73,8 +73,9 @@ def _add_bench_serve(commands: argparse._SubParsersAction) -> None:
         "run inline) for MODEL.onnx on free loopback ports. At each concurrency, time both on "
         "/v1/classify with a 224x224 PNG photo, a 12-megapixel JPEG and 8 PNGs in one "
         "multipart request, in a random order, and report the ratios beside an A/A control "
-        "(the plain endpoint twice); then v2 binary infer, an overload run and memory over a "
-        "soak run on ln2d serve. Prints markdown tables; --json writes everything.",
+        "(the plain endpoint twice); then v2 binary infer, gRPC ModelInfer against it (with the "
+        "grpc extra), an overload run and memory over a soak run on ln2d serve, and two models "
+        "in one server. Prints markdown tables; --json writes everything.",
     )
     bench_serve.add_argument("model", type=Path, metavar="MODEL.onnx")
     bench_serve.add_argument("--concurrency", type=int_list, default=(1, 8, 32), help="e.g. 1,8,32")
@@ -86,7 +87,7 @@ def _add_bench_serve(commands: argparse._SubParsersAction) -> None:
     )
     bench_serve.add_argument("--json", type=Path, help="write the results as JSON")
     # The torch extra brings scikit-learn, whose sample photo is the request body.
-    bench_serve.set_defaults(run=run_bench_serve, extra="serve,cpu,torch")
+    bench_serve.set_defaults(run=run_bench_serve, extra="serve,grpc,cpu,torch")
 
 
 def run_bench_serve(args: argparse.Namespace) -> int:

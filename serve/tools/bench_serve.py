@@ -9,7 +9,8 @@ a random order, and an A/A row times the baseline twice, to show the noise.
 Scenarios: ``/v1/classify`` with a 224x224 PNG photo, a 12-megapixel JPEG, and eight PNGs in
 one multipart request (ln2d against the baseline); v2 binary infer (ln2d alone); overload runs
 (rejections and admitted requests timed apart), with clients that retry at once and clients
-that honour Retry-After; a soak run for resident-memory growth; two models in one server (a
+that honour Retry-After; gRPC ``ModelInfer`` against v2 binary HTTP (when grpcio is
+installed); a soak run for resident-memory growth; two models in one server (a
 repository of two copies of the model): each alone and both at once, and one overloaded
 beside the other. The load generator (``loadgen``) runs in this process.
 """
@@ -81,7 +82,8 @@ def run(options: BenchOptions) -> dict:
     classify = {name: make() for name, make in CLASSIFY_SCENARIOS.items()}
     v2 = _v2_request(model.info)
     _progress(f"starting ln2d serve {options.model} {' '.join(options.server_args)}")
-    ln2d = ServerProcess(options.model, ["--no-access-log", *options.server_args])
+    grpc_flag = ["--grpc-port", "0"] if _has_grpc() else []
+    ln2d = ServerProcess(options.model, ["--no-access-log", *grpc_flag, *options.server_args])
     _progress("starting the plain FastAPI + ONNX Runtime endpoint")
     with ln2d, _plain_server(options.model) as plain:
         servers = {"ln2d": ln2d, "plain": plain}
@@ -103,6 +105,7 @@ def run(options: BenchOptions) -> dict:
             }
             for c in options.concurrency
         ]
+        report["grpc"] = _grpc_against_http(ln2d, v2, model.info, options)
         report["overload"] = [
             _overload(ln2d, v2, options, honour_retry_after) for honour_retry_after in (False, True)
         ]
@@ -110,6 +113,71 @@ def run(options: BenchOptions) -> dict:
         report["server_exit_code"] = ln2d.stop()
     report["two_models"] = _two_models(options, model.info)
     return report
+
+
+def _has_grpc() -> bool:
+    try:
+        import grpc  # noqa: F401
+        import tritonclient.grpc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _grpc_against_http(
+    server: ServerProcess, http_request: bytes, info: ModelInfo, options: BenchOptions
+) -> dict | None:
+    """gRPC ``ModelInfer`` against v2 binary HTTP on the same server and tensor: at each
+    concurrency both in a random order, with this process's CPU per request (the two load
+    generators differ); an A/A row times gRPC twice at the highest concurrency."""
+    if server.grpc_port is None:
+        return None
+    from ln2d.serve.tools.grpc_loadgen import run_grpc_load
+
+    message = _grpc_request(info)
+    protocols = {
+        "grpc": lambda c: run_grpc_load(server.host, server.grpc_port, message, c, options.seconds),
+        "http_binary": lambda c: run_load(
+            server.host, server.port, http_request, c, options.seconds
+        ),
+    }
+
+    def measure(protocol: str, concurrency: int) -> dict:
+        protocols[protocol](concurrency)  # warm, and the same length as the measurement
+        client, served = os.times(), _cpu_seconds(server.process.pid)
+        result = protocols[protocol](concurrency)
+        after, count = os.times(), max(1, len(result.statuses))
+        client_s = (after.user - client.user) + (after.system - client.system)
+        server_s = _cpu_seconds(server.process.pid) - served
+        return {
+            **_row(result),
+            "client_cpu_us": client_s / count * 1e6,
+            "server_cpu_us": server_s / count * 1e6,
+        }
+
+    rows = []
+    for concurrency in options.concurrency:
+        order = random.sample(list(protocols), len(protocols))
+        _progress(f"gRPC against HTTP binary at concurrency {concurrency}: {' then '.join(order)}")
+        measured = {protocol: measure(protocol, concurrency) for protocol in order}
+        ratio = measured["grpc"]["req_per_s"] / measured["http_binary"]["req_per_s"]
+        rows.append({"concurrency": concurrency, **measured, "req_per_s_ratio": ratio})
+    top = max(options.concurrency)
+    _progress(f"A/A control: gRPC twice at concurrency {top}")
+    first, second = measure("grpc", top), measure("grpc", top)
+    a_a = {"concurrency": top, "grpc": first, "grpc again": second,
+           "req_per_s_ratio": first["req_per_s"] / second["req_per_s"]}  # fmt: skip
+    return {"rows": rows, "a_a": a_a}
+
+
+def _grpc_request(info: ModelInfo):
+    from tritonclient.grpc import service_pb2
+
+    tensor = np.random.default_rng(0).standard_normal((1, *info.sample_shape)).astype("<f4")
+    message = service_pb2.ModelInferRequest(model_name=info.name)
+    message.inputs.add(name=info.input_name, datatype="FP32", shape=list(tensor.shape))
+    message.raw_input_contents.append(tensor.tobytes())
+    return message
 
 
 def _two_models(options: BenchOptions, info: ModelInfo) -> dict:
@@ -329,6 +397,12 @@ def _soak(server: ServerProcess, request: bytes, total: int) -> dict:
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -394,7 +468,43 @@ def table(report: dict) -> str:
         f"{soak['rss_after_mb']:.1f} MiB ({soak['growth_percent']:+.2f}%); "
         f"server exit code after SIGTERM: {report['server_exit_code']}"
     )
-    return "\n".join([*lines, "", *_two_models_table(report["two_models"])])
+    return "\n".join(
+        [*lines, "", *_grpc_table(report["grpc"]), *_two_models_table(report["two_models"])]
+    )
+
+
+def _grpc_table(grpc: dict | None) -> list[str]:
+    if grpc is None:
+        return ["gRPC: not measured (no grpcio in this install: the grpc extra)", ""]
+    lines = [
+        "gRPC ModelInfer against v2 binary HTTP, same server and tensor (ratio = gRPC / HTTP; "
+        "CPU µs per request, of the server process and of this one, the load generator)",
+        "",
+        "| concurrency | gRPC req/s | HTTP req/s | ratio | gRPC p50 ms | HTTP p50 ms | gRPC p99 ms "
+        "| HTTP p99 ms | server CPU µs gRPC / HTTP | client CPU µs gRPC / HTTP | non-200 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in grpc["rows"]:
+        g, h = row["grpc"], row["http_binary"]
+        lines.append(
+            f"| {row['concurrency']} | {g['req_per_s']:,.0f} | {h['req_per_s']:,.0f} | "
+            f"{row['req_per_s_ratio']:.2f} | {g['p50_ms']:.1f} | {h['p50_ms']:.1f} | "
+            f"{g['p99_ms']:.1f} | {h['p99_ms']:.1f} | {g['server_cpu_us']:.0f} / "
+            f"{h['server_cpu_us']:.0f} | {g['client_cpu_us']:.0f} / "
+            f"{h['client_cpu_us']:.0f} | {g['non_200'] + h['non_200']} |"
+        )
+    a_a = grpc["a_a"]
+    first, second = a_a["grpc"], a_a["grpc again"]
+    lines += [
+        f"| A/A: gRPC twice, {a_a['concurrency']} | {first['req_per_s']:,.0f} | "
+        f"{second['req_per_s']:,.0f} | {a_a['req_per_s_ratio']:.2f} | {first['p50_ms']:.1f} | "
+        f"{second['p50_ms']:.1f} | {first['p99_ms']:.1f} | {second['p99_ms']:.1f} | "
+        f"{first['server_cpu_us']:.0f} / {second['server_cpu_us']:.0f} | "
+        f"{first['client_cpu_us']:.0f} / {second['client_cpu_us']:.0f} | "
+        f"{first['non_200'] + second['non_200']} |",
+        "",
+    ]
+    return lines
 
 
 def _two_models_table(two: dict) -> list[str]:

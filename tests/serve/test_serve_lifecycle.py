@@ -362,6 +362,10 @@ def test_bench_serve_compares_with_the_plain_endpoint(digits_onnx, tmp_path):
     assert set(report["a_a"]) >= {"plain", "plain again", "p50_ratio"}
     assert report["server_exit_code"] == 0
     assert "A/A: classify_png_224, plain twice" in result.stdout
+    grpc = report["grpc"]  # the dev install has the grpc extra
+    assert [row["concurrency"] for row in grpc["rows"]] == [1]
+    assert grpc["rows"][0]["grpc"]["non_200"] == 0 and grpc["a_a"]["grpc again"]["req_per_s"] > 0
+    assert "gRPC ModelInfer against v2 binary HTTP" in result.stdout
     two = report["two_models"]
     loads = {row["load"]: {"a", "b"} & set(row) for row in two["rows"]}
     assert loads == {"b alone": {"b"}, "a and b": {"a", "b"}}
