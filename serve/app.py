@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,16 +34,24 @@ from ln2d.serve.model import Model, ModelLoadError
 from ln2d.serve.registry import Registry, Source, model_threads
 from ln2d.serve.settings import Settings
 
+if TYPE_CHECKING:
+    from ln2d.serve.tracing import Tracer
+
 log = logging.getLogger("ln2d.serve")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 
-def create_app(settings: Settings, model: Model | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, model: Model | None = None, tracer: Tracer | None = None
+) -> FastAPI:
     """The app for ``settings.model_path``: a repository folder, or a model file (opened here
     unless ``model`` is that file, already open). Raises ModelLoadError for a file that cannot
-    be served."""
+    be served. ``tracer`` replaces the one the settings ask for (tests record spans in
+    memory)."""
     metrics = Metrics()
-    state = DataPlane(settings, _registry(settings, metrics, model), metrics)
+    tracer = tracer or _tracer(settings)
+    registry = _registry(settings, metrics, model, tracer)
+    state = DataPlane(settings, registry, metrics, tracer)
 
     grpc_service = _grpc_service() if settings.grpc_port is not None else None
 
@@ -56,6 +66,8 @@ def create_app(settings: Settings, model: Model | None = None) -> FastAPI:
         starting.cancel()
         await state.registry.stop()
         state.decoders.shutdown(wait=False, cancel_futures=True)
+        if tracer is not None:  # the last spans reach the collector
+            await asyncio.to_thread(tracer.shutdown)
 
     app = FastAPI(
         title="ln2d inference server",
@@ -85,14 +97,18 @@ def create_app(settings: Settings, model: Model | None = None) -> FastAPI:
         )
     app.add_middleware(BodyGuard, limit=settings.max_body_bytes, timeout_s=settings.timeout_s)
     app.add_middleware(LoadShedding, busy=state.shed_reason)
-    app.add_middleware(RequestLog, metrics=state.metrics, enabled=settings.access_log)
+    app.add_middleware(
+        RequestLog, metrics=state.metrics, enabled=settings.access_log, tracer=tracer
+    )
     return app
 
 
-def _registry(settings: Settings, metrics: Metrics, model: Model | None) -> Registry:
+def _registry(
+    settings: Settings, metrics: Metrics, model: Model | None, tracer: Tracer | None
+) -> Registry:
     path = settings.model_path
     if path.is_dir():
-        return Registry(settings, metrics, Source.repository(path))
+        return Registry(settings, metrics, Source.repository(path), tracer=tracer)
     if settings.model_control_mode != "none":
         raise ModelLoadError(
             f"--model-control-mode {settings.model_control_mode} needs a model repository "
@@ -101,7 +117,28 @@ def _registry(settings: Settings, metrics: Metrics, model: Model | None) -> Regi
     if model is None:
         threads = model_threads(settings, max_models=1)
         model = Model(path, settings.provider, settings.cpu_fallback, threads)
-    return Registry(settings, metrics, Source.file(path, model.info.name), model)
+    return Registry(settings, metrics, Source.file(path, model.info.name), model, tracer)
+
+
+def tracing_wanted(settings: Settings) -> bool:
+    """The setting, or OpenTelemetry's own variables (unless OTEL_SDK_DISABLED)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    variables = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    return settings.otlp_endpoint is not None or any(os.environ.get(v) for v in variables)
+
+
+def _tracer(settings: Settings) -> Tracer | None:
+    if not tracing_wanted(settings):
+        return None  # and OpenTelemetry is never imported
+    try:
+        from ln2d.serve import tracing
+    except ImportError as missing:
+        raise UserError(
+            f"tracing needs the tracing extra ({missing.name} is not installed): "
+            "pip install 'ln2d[serve,tracing]'"
+        ) from None
+    return tracing.from_settings(settings.otlp_endpoint)
 
 
 def _grpc_service():

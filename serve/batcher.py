@@ -21,11 +21,17 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ln2d.serve.errors import ApiError
 from ln2d.serve.metrics import ModelMetrics
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from ln2d.serve.tracing import Tracer
 
 log = logging.getLogger("ln2d.serve")
 
@@ -35,6 +41,7 @@ class Result:
     logits: np.ndarray  # (classes,)
     queue_s: float
     inference_s: float
+    started: float  # time.monotonic() when its model run started
 
 
 @dataclass(eq=False)
@@ -50,6 +57,7 @@ class _Item:
     sample: np.ndarray
     future: asyncio.Future[Result]
     enqueued: float
+    span: Span | None  # the request's trace span, when tracing is on
 
 
 class Batcher:
@@ -60,8 +68,14 @@ class Batcher:
         max_delay_s: float,
         max_queue: int,
         metrics: ModelMetrics,
+        tracer: Tracer | None = None,
+        span_attributes: dict | None = None,
     ) -> None:
+        """``tracer``: record each run as a ``batch`` span with ``span_attributes`` (the model
+        version and provider), linked to its requests' spans, and their queue and inference."""
         self._run = run
+        self._tracer = tracer
+        self._span_attributes = span_attributes or {}
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
@@ -114,13 +128,13 @@ class Batcher:
             self._metrics.queue_depth.set(self._admitted)
 
     async def infer(
-        self, admission: Admission, samples: np.ndarray, deadline: float
+        self, admission: Admission, samples: np.ndarray, deadline: float, span: Span | None = None
     ) -> list[Result]:
         """Logits for admitted ``(N, C, H, W)`` samples; 504 if they are not done by ``deadline``
-        (``time.monotonic()`` seconds)."""
+        (``time.monotonic()`` seconds). ``span``: the request's, when tracing."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        items = [_Item(sample, loop.create_future(), now) for sample in samples]
+        items = [_Item(sample, loop.create_future(), now, span) for sample in samples]
         self._pending.extend(items)
         admission.unsubmitted -= len(items)
         self._incoming -= len(items)
@@ -144,7 +158,11 @@ class Batcher:
         return self._admitted == admission.images
 
     async def run_alone(
-        self, admission: Admission, prepare: Callable[[], np.ndarray], deadline: float
+        self,
+        admission: Admission,
+        prepare: Callable[[], np.ndarray],
+        deadline: float,
+        span: Span | None = None,
     ) -> tuple[float, list[Result]]:
         """Seconds ``prepare`` took and the results, for a request that ``alone`` admits:
         ``prepare()`` (decoding) and inference run in one trip to the inference thread.
@@ -155,7 +173,7 @@ class Batcher:
             self._executor, self._prepare_and_run, prepare
         )
         try:
-            prepare_s, logits, inference_s = await asyncio.wait_for(
+            prepare_s, logits, started, inference_s = await asyncio.wait_for(
                 job, max(0.0, deadline - time.monotonic())
             )
         except asyncio.TimeoutError:
@@ -163,15 +181,19 @@ class Batcher:
         self._metrics.batch_size.observe(len(logits))
         self._metrics.observe("inference", inference_s)
         self._metrics.observe("queue", 0.0)
-        return prepare_s, [Result(row, 0.0, inference_s) for row in logits]
+        if self._tracer is not None:
+            self._trace([(span, started)] * len(logits), started, started + inference_s)
+        return prepare_s, [Result(row, 0.0, inference_s, started) for row in logits]
 
     def _prepare_and_run(
         self, prepare: Callable[[], np.ndarray]
-    ) -> tuple[float, np.ndarray, float]:
+    ) -> tuple[float, np.ndarray, float, float]:
+        """Seconds preparing took, the logits, when the run started, and its seconds."""
         started = time.monotonic()
         samples = prepare()  # its ApiError (bad input) reaches the client as it is
         prepared = time.monotonic()
-        return prepared - started, self._run_logged(samples), time.monotonic() - prepared
+        logits = self._run_logged(samples)
+        return prepared - started, logits, prepared, time.monotonic() - prepared
 
     def _run_logged(self, samples: np.ndarray) -> np.ndarray:
         """The model on a batch, in the inference thread; a failure is logged and is a 500."""
@@ -226,4 +248,20 @@ class Batcher:
         for item, row in zip(batch, logits, strict=True):
             self._metrics.observe("queue", started - item.enqueued)
             if not item.future.done():
-                item.future.set_result(Result(row, started - item.enqueued, inference_s))
+                result = Result(row, started - item.enqueued, inference_s, started)
+                item.future.set_result(result)
+        if self._tracer is not None:
+            waits = [(item.span, item.enqueued) for item in batch]
+            self._trace(waits, started, started + inference_s)
+
+    def _trace(self, waits: list[tuple[Span | None, float]], started: float, ended: float) -> None:
+        """The ``batch`` span, linked to each request's span; each request's queue wait and
+        inference. ``waits``: each request's span and when it was queued."""
+        tracer = self._tracer
+        attributes = {**self._span_attributes, "ln2d.batch_size": len(waits)}
+        requests = dict(reversed(waits))  # a request of several images: once, its first wait
+        for span, enqueued in requests.items():
+            if enqueued < started:
+                tracer.stage(span, "queue", enqueued, started)
+            tracer.stage(span, "inference", started, ended, **attributes)
+        tracer.batch(list(requests), started, ended, **attributes)

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import Request
@@ -26,6 +27,11 @@ from ln2d.serve.model import ModelInfo
 from ln2d.serve.registry import LoadFailed, Registry, ServedVersion
 from ln2d.serve.settings import Settings
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from ln2d.serve.tracing import Tracer
+
 log = logging.getLogger("ln2d.serve")
 
 
@@ -33,10 +39,13 @@ class DataPlane:
     """Everything a request handler needs, created once per app: the models (a registry), the
     decoder threads, the server's readiness and the metrics."""
 
-    def __init__(self, settings: Settings, registry: Registry, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, metrics: Metrics, tracer: Tracer | None
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
+        self.tracer = tracer
         self.decoders = ThreadPoolExecutor(
             settings.decode_threads or available_cpus(), thread_name_prefix="ln2d-decode"
         )
@@ -114,11 +123,26 @@ class DataPlane:
 
     @staticmethod
     def serving(request: Request, served: ServedVersion) -> None:
-        """Name the model version in the request's access log line and metrics."""
+        """Name the model version in the request's access log line, metrics and trace."""
         request.state.served = (served.name, str(served.version))
 
+    @staticmethod
+    def span(request: Request) -> Span | None:
+        """The request's trace span (set by the access log middleware), when tracing."""
+        return request.scope["state"].get("span")
+
+    def encoded(self, span: Span | None, started: float) -> None:
+        """Record the answer's encoding, from ``started`` to now, when tracing."""
+        if self.tracer is not None:
+            self.tracer.stage(span, "encode", started, time.monotonic())
+
     async def classify(
-        self, served: ServedVersion, admission: Admission, blobs: Sequence[bytes], deadline: float
+        self,
+        served: ServedVersion,
+        admission: Admission,
+        blobs: Sequence[bytes],
+        deadline: float,
+        span: Span | None = None,
     ) -> tuple[float, list[Result]]:
         """Decode images and infer: (seconds decoding took, one result per image). One image
         on an otherwise idle model is decoded and run in one trip to its inference thread;
@@ -126,25 +150,33 @@ class DataPlane:
         batcher, info = served.batcher, served.info
         if len(blobs) == 1 and batcher.alone(admission):
             decode = functools.partial(self._decode_all, blobs, info)
-            decode_s, results = await batcher.run_alone(admission, decode, deadline)
+            decode_s, results = await batcher.run_alone(admission, decode, deadline, span)
+            decoded = results[0].started
         else:
             started = time.monotonic()
             samples = await self._decode_in_threads(blobs, info)
-            decode_s = time.monotonic() - started
-            results = await batcher.infer(admission, samples, deadline)
+            decoded = time.monotonic()
+            decode_s = decoded - started
+            results = await batcher.infer(admission, samples, deadline, span)
         served.metrics.observe("decode", decode_s)
+        if self.tracer is not None:
+            self.tracer.stage(span, "decode", decoded - decode_s, decoded)
         return decode_s, results
 
     @staticmethod
     async def infer(
-        served: ServedVersion, admission: Admission, samples: np.ndarray, deadline: float
+        served: ServedVersion,
+        admission: Admission,
+        samples: np.ndarray,
+        deadline: float,
+        span: Span | None = None,
     ) -> list[Result]:
         """Infer ready ``(N, C, H, W)`` samples: alone on an idle model, else batched."""
         batcher = served.batcher
         if batcher.alone(admission):
-            _, results = await batcher.run_alone(admission, lambda: samples, deadline)
+            _, results = await batcher.run_alone(admission, lambda: samples, deadline, span)
             return results
-        return await batcher.infer(admission, samples, deadline)
+        return await batcher.infer(admission, samples, deadline, span)
 
     def _decode_all(self, blobs: Sequence[bytes], info: ModelInfo) -> np.ndarray:
         limit = self.settings.max_pixels

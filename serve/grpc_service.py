@@ -44,6 +44,7 @@ STATUS = {
     504: Code.DEADLINE_EXCEEDED,
 }
 OPEN = {"ServerLive", "ServerReady"}  # like /v2/health/*: no token
+SERVER_ERRORS = {Code.INTERNAL, Code.UNKNOWN, Code.DATA_LOSS}
 
 
 def status_of(error: ApiError) -> grpc.StatusCode:
@@ -55,10 +56,11 @@ def status_of(error: ApiError) -> grpc.StatusCode:
 
 @dataclass
 class Call:
-    """What one call's log line and metrics carry."""
+    """What one call's log line, metrics and trace carry."""
 
     model: str = ""
     version: str = ""
+    span: object = None  # the call's trace span, when tracing
 
 
 Handler = Callable[[object, grpc.aio.ServicerContext, Call], Awaitable[object]]
@@ -86,11 +88,15 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     def _method(self, name: str, handler: Handler):
         """``handler`` with the token check, the status mapping, metrics and the log line."""
         path = SERVICE + name
-        metrics = self.state.metrics
+        metrics, tracer = self.state.metrics, self.state.tracer
 
         async def method(request, context: grpc.aio.ServicerContext):
             started, call, code = time.perf_counter(), Call(), Code.OK
             metadata = dict(context.invocation_metadata() or ())
+            if tracer is not None:
+                call.span = tracer.request(
+                    path, metadata, {"rpc.system": "grpc", "rpc.method": name}
+                )
             metrics.in_flight.inc()
             try:
                 if name not in OPEN:
@@ -109,6 +115,12 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 elapsed = time.perf_counter() - started
                 metrics.count_request(path, code.name, call.model, call.version)
                 metrics.observe("total", elapsed, call.model, call.version)
+                if call.span is not None:
+                    if call.model:
+                        call.span.set_attribute("ln2d.model", call.model)
+                        call.span.set_attribute("ln2d.version", call.version)
+                    call.span.set_attribute("rpc.grpc.status_code", code.value[0])
+                    tracer.finish(call.span, code.name, ok=code not in SERVER_ERRORS)
                 if self.settings.access_log:
                     self._log(path, metadata, context, code, elapsed, call)
 
@@ -124,20 +136,19 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     @staticmethod
     def _log(path, metadata, context, code, elapsed, call) -> None:
         sent = metadata.get("x-request-id")
-        access_log.info(
-            json.dumps(
-                {
-                    "request_id": request_id(sent.encode() if sent else None).decode(),
-                    "method": "gRPC",
-                    "path": path,
-                    "status": code.name,
-                    "model": call.model,
-                    "version": call.version,
-                    "ms": round(elapsed * 1000, 3),
-                    "client": context.peer(),
-                }
-            )
-        )
+        entry = {
+            "request_id": request_id(sent.encode() if sent else None).decode(),
+            "method": "gRPC",
+            "path": path,
+            "status": code.name,
+            "model": call.model,
+            "version": call.version,
+            "ms": round(elapsed * 1000, 3),
+            "client": context.peer(),
+        }
+        if call.span is not None:
+            entry["trace_id"] = format(call.span.get_span_context().trace_id, "032x")
+        access_log.info(json.dumps(entry))
 
     # ---- the calls ---------------------------------------------------------------------
 
@@ -184,9 +195,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         with served:
             parsed = grpc_codec.parse_request(request, served.info, self.settings.max_images)
             with served.batcher.admit(len(parsed.samples)) as admission:
-                results = await self.state.infer(served, admission, parsed.samples, deadline)
+                results = await self.state.infer(
+                    served, admission, parsed.samples, deadline, call.span
+                )
+        encoding = time.monotonic()
         logits = np.stack([result.logits for result in results])
-        return grpc_codec.build_response(parsed, logits, served.info, served.version)
+        answer = grpc_codec.build_response(parsed, logits, served.info, served.version)
+        self.state.encoded(call.span, encoding)
+        return answer
 
     async def _repository_index(self, request, context, call):
         entries = self.registry.index(ready_only=request.ready)

@@ -12,21 +12,31 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ln2d.serve.metrics import Metrics
 
+if TYPE_CHECKING:
+    from ln2d.serve.tracing import Tracer
+
 access_log = logging.getLogger("ln2d.access")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Probes, scrapes and the page's files: a trace each would bury the requests in noise.
+UNTRACED = ("/v2/health/", "/metrics", "/static/", "/docs", "/openapi.json")
 
 
 class RequestLog:
     """Counts and times every request by route template, tags it with ``X-Request-ID`` (the
-    client's own, when it is a sane token), and logs one JSON line per request."""
+    client's own, when it is a sane token), logs one JSON line per request, and, when tracing,
+    opens the request's trace span (continuing the client's ``traceparent``) for the handlers
+    (``scope["state"]["span"]``) and closes it with the status."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, enabled: bool) -> None:
-        self.app, self.metrics, self.enabled = app, metrics, enabled
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, enabled: bool, tracer: Tracer | None = None
+    ) -> None:
+        self.app, self.metrics, self.enabled, self.tracer = app, metrics, enabled, tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -35,6 +45,9 @@ class RequestLog:
         started = time.perf_counter()
         request_id = _request_id(scope)
         status = 500
+        span = None
+        if self.tracer is not None and not scope["path"].startswith(UNTRACED):
+            span = self._open_span(scope, request_id)
 
         async def send_tagged(message: Message) -> None:
             nonlocal status
@@ -54,21 +67,44 @@ class RequestLog:
             model, version = scope.get("state", {}).get("served", ("", ""))
             self.metrics.count_request(endpoint, status, model, version)
             self.metrics.observe("total", elapsed, model, version)
+            if span is not None:
+                self._close_span(span, scope, endpoint, status, model, version)
             if self.enabled:
-                access_log.info(
-                    json.dumps(
-                        {
-                            "request_id": request_id.decode(),
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "status": status,
-                            "model": model,
-                            "version": version,
-                            "ms": round(elapsed * 1000, 3),
-                            "client": (scope.get("client") or ("", 0))[0],
-                        }
-                    )
-                )
+                entry = {
+                    "request_id": request_id.decode(),
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "model": model,
+                    "version": version,
+                    "ms": round(elapsed * 1000, 3),
+                    "client": (scope.get("client") or ("", 0))[0],
+                }
+                if span is not None:
+                    entry["trace_id"] = format(span.get_span_context().trace_id, "032x")
+                access_log.info(json.dumps(entry))
+
+    def _open_span(self, scope: Scope, request_id: bytes):
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
+        attributes = {
+            "http.request.method": scope["method"],
+            "url.path": scope["path"],
+            "ln2d.request_id": request_id.decode(),
+        }
+        span = self.tracer.request(f"{scope['method']} {scope['path']}", headers, attributes)
+        scope.setdefault("state", {})["span"] = span
+        return span
+
+    def _close_span(self, span, scope: Scope, endpoint: str, status: int, model: str, version: str):
+        span.update_name(f"{scope['method']} {endpoint}")
+        span.set_attribute("http.route", endpoint)
+        span.set_attribute("http.response.status_code", status)
+        if model:
+            span.set_attribute("ln2d.model", model)
+            span.set_attribute("ln2d.version", version)
+        self.tracer.finish(span, status, ok=status < 500)
 
 
 # Unique per process start and cheap: uuid4 per request costs a getrandom() system call.

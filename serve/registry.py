@@ -23,6 +23,7 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ln2d.cpu_quota import available_cpus
 from ln2d.repository import (
@@ -38,6 +39,9 @@ from ln2d.serve.errors import ApiError
 from ln2d.serve.metrics import Metrics, ModelMetrics
 from ln2d.serve.model import Model, ModelInfo, ModelLoadError
 from ln2d.serve.settings import Settings
+
+if TYPE_CHECKING:
+    from ln2d.serve.tracing import Tracer
 
 log = logging.getLogger("ln2d.serve")
 
@@ -129,10 +133,16 @@ def model_threads(settings: Settings, max_models: int) -> int:
 
 class Registry:
     def __init__(
-        self, settings: Settings, metrics: Metrics, source: Source, preloaded: Model | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        source: Source,
+        preloaded: Model | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """``preloaded``: a single file's model, opened before the port was bound."""
         self.settings, self.metrics, self.source = settings, metrics, source
+        self.tracer = tracer
         self.single_info = preloaded.info if preloaded else None
         # A single file is a repository of one model: it gets the whole budget.
         self.max_models = 1 if source.single else settings.max_models
@@ -366,7 +376,17 @@ class Registry:
         metrics = self.metrics.for_model(folder.name, version)
         settings = self.settings
         batcher = Batcher(
-            model.run, settings.max_batch, settings.max_delay_ms / 1000, settings.max_queue, metrics
+            model.run,
+            settings.max_batch,
+            settings.max_delay_ms / 1000,
+            settings.max_queue,
+            metrics,
+            self.tracer,
+            {
+                "ln2d.model": folder.name,
+                "ln2d.version": str(version),
+                "ln2d.provider": model.provider,
+            },
         )
         batcher.start()
         seconds = model.load_seconds + time.monotonic() - started

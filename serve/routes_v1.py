@@ -89,17 +89,18 @@ def router(state: DataPlane) -> APIRouter:
         return await _classify(request, registry.resolve(name), top_k)
 
     async def _classify(request: Request, served: ServedVersion, top_k: int) -> JSONResponse:
-        arrived, deadline = time.monotonic(), state.deadline(request)
+        arrived, deadline, span = time.monotonic(), state.deadline(request), state.span(request)
         info = served.info
         with served:
             state.serving(request, served)
             blobs = await _images(request, settings.max_images)
             with served.batcher.admit(len(blobs)) as admission:
-                decode_s, results = await state.classify(served, admission, blobs, deadline)
+                decode_s, results = await state.classify(served, admission, blobs, deadline, span)
+        encoding = time.monotonic()
         k = min(top_k, info.num_classes)
         # Built of plain str, int, float and lists: FastAPI's generic encoder, which walks
         # it looking for models and dataclasses, would cost as much as the inference.
-        return JSONResponse(
+        answer = JSONResponse(
             {
                 "model": info.name,
                 "version": str(served.version),
@@ -108,6 +109,8 @@ def router(state: DataPlane) -> APIRouter:
                 "timings_ms": _timings(arrived, decode_s, results),
             }
         )
+        state.encoded(span, encoding)
+        return answer
 
     @routes.get(
         "/v1/model",

@@ -4,6 +4,7 @@ readiness and inference, with the binary tensor data and classification extensio
 from __future__ import annotations
 
 import asyncio
+import time
 from importlib.metadata import version as package_version
 
 import numpy as np
@@ -60,7 +61,7 @@ def router(state: DataPlane) -> APIRouter:
     ) -> Response:
         served = registry.resolve(name, version)
         state.check_ready()
-        deadline = state.deadline(request)
+        deadline, span = state.deadline(request), state.span(request)
         with served:
             state.serving(request, served)
             refuse_compressed(request)
@@ -74,9 +75,11 @@ def router(state: DataPlane) -> APIRouter:
                     state.decoders, v2_codec.parse_request, *parse_args
                 )
             with served.batcher.admit(len(parsed.samples)) as admission:
-                results = await state.infer(served, admission, parsed.samples, deadline)
+                results = await state.infer(served, admission, parsed.samples, deadline, span)
+        encoding = time.monotonic()
         logits = np.stack([result.logits for result in results])
         content, headers = v2_codec.build_response(parsed, logits, served.info, served.version)
+        state.encoded(span, encoding)
         return Response(content, headers=headers)
 
     schema = v2_codec.request_schema(state.settings.max_images, registry.single_info)

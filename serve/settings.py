@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         description="also serve the Open Inference Protocol over gRPC on this port (0 = any "
         "free port; unset = off; needs the grpc extra)",
     )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="send OpenTelemetry traces to this OTLP/HTTP URL (e.g. "
+        "http://collector:4318/v1/traces); the standard OTEL_EXPORTER_OTLP_* variables also "
+        "turn tracing on; needs the tracing extra",
+    )
     provider: Literal["cpu", "cuda"] = Field("cpu", description="ONNX Runtime execution provider")
     cpu_fallback: bool = Field(
         False, description="with --provider cuda, serve on CPU when CUDA is unavailable"
