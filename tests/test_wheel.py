@@ -58,6 +58,19 @@ def test_cpu_image_entrypoint_from_the_wheel_in_a_fresh_venv(digits_onnx, tmp_pa
     )  # fmt: skip
     assert served.returncode == 0, served.stderr
     assert "torch" not in served.stdout.split() and "ln2d.export" not in served.stdout
+    # (FastAPI itself imports opentelemetry's API; ln2d's tracing needs the SDK.)
+    assert "opentelemetry.sdk" not in served.stdout.split() and "grpc" not in served.stdout.split()
+    # gRPC and tracing are extras: asked for without them, one line says which to install.
+    ln2d = str(venv / "bin" / "ln2d")
+    for flags, extra in (
+        (["--grpc-port", "0"], "grpc"),
+        (["--otlp-endpoint", "http://x"], "tracing"),
+    ):
+        refused = subprocess.run(
+            [ln2d, "serve", str(digits_onnx), *flags], capture_output=True, text=True, timeout=120
+        )
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"ln2d[serve,{extra}]" in refused.stderr
 
     entrypoint, env = image_command(DOCKERFILES[0])
     assert entrypoint == ["ln2d", "serve"]

@@ -161,6 +161,8 @@ def test_the_image_serves_as_configured_and_drains_on_its_stop_signal(config):
                 capture_output=True, text=True,
             )  # fmt: skip
             assert "No module named 'torch'" in torch.stderr
+            extras = ["python", "-c", "import grpc, tritonclient.grpc, opentelemetry.sdk"]
+            assert subprocess.run(run_in(name, config, {}, extras)).returncode == 0
             has_native = ["python", "-c", "from ln2d import native; assert native.available()"]
             assert subprocess.run(run_in(name, config, {}, has_native)).returncode == 0
             answer = _stop_with_a_request_in_flight(server, pid, config.stop_signal)
@@ -257,7 +259,8 @@ def test_the_image_config_is_what_the_dockerfile_and_the_manifests_say(config):
     assert {key: config.env[key] for key in env if key != "PATH"} == {
         key: value for key, value in env.items() if key != "PATH"
     }
-    assert config.ports == [f"{env['LN2D_PORT']}/tcp"] and config.stop_signal == "SIGTERM"
+    assert sorted(config.ports) == [f"{env['LN2D_PORT']}/tcp", "8001/tcp"]  # HTTP, gRPC
+    assert config.stop_signal == "SIGTERM"
     deployment = yaml.safe_load((ROOT / "docker" / "kubernetes" / "deployment.yaml").read_text())
     pod = deployment["spec"]["template"]["spec"]
     assert str(pod["securityContext"]["runAsUser"]) == config.user
@@ -272,4 +275,9 @@ def test_the_image_config_is_what_the_dockerfile_and_the_manifests_say(config):
     (volume,) = repository["volumes"]
     assert volume.split(":")[1] == repository["environment"]["LN2D_MODEL_PATH"]
     assert volume.endswith(":ro") and repository["image"] == compose["image"]
+    traced = services["ln2d-traced"]
+    grpc_port = traced["environment"]["LN2D_GRPC_PORT"]
+    assert any(port.endswith(f":{grpc_port}") for port in traced["ports"])
+    endpoint = traced["environment"]["LN2D_OTLP_ENDPOINT"]
+    assert endpoint.startswith("http://jaeger:4318/") and "jaeger" in services
     assert grace > float(config.env["LN2D_DRAIN_TIMEOUT_S"])
