@@ -1,8 +1,8 @@
 """Every ONNX Runtime session ln2d opens comes from ``open_session``: the fusion gate, parity,
 quantization, timing, placement and the server. One place decides the provider and its options
-(TF32 off on CUDA), registers ln2d's native op where this install has it, and sets threads,
-spinning, the memory arena, profiling and where a model's external data is. Torch-free: the
-server uses it.
+(TF32 off on CUDA, and NVIDIA's pip libraries loaded first: ``ln2d.cuda``), registers ln2d's
+native op where this install has it, and sets threads, spinning, the memory arena, profiling
+and where a model's external data is. Torch-free: the server uses it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ln2d import native
+from ln2d import cuda, native
 from ln2d.constants import PROVIDERS, ort_provider
 
 # Where ONNX Runtime finds the external data of a model it is given as bytes.
@@ -55,6 +55,8 @@ def open_session(model, settings: SessionSettings = SessionSettings()):
     if settings.profile_to:
         options.enable_profiling = True
         options.profile_file_prefix = settings.profile_to
+    if settings.provider == "cuda":
+        cuda.prepare()
     providers = [ort_provider(settings.provider)]
     if settings.cpu_fallback and settings.provider != "cpu":
         providers.append(ort_provider("cpu"))
@@ -71,8 +73,10 @@ def open_session(model, settings: SessionSettings = SessionSettings()):
         raise explained from exc
     active = session.get_providers()[0]
     if active != PROVIDERS[settings.provider] and not settings.cpu_fallback:
+        why = f": {cuda.not_loaded_message()}" if settings.provider == "cuda" else ""
         raise ProviderNotActive(
-            f"{PROVIDERS[settings.provider]} was requested but ONNX Runtime activated {active}"
+            f"{PROVIDERS[settings.provider]} was requested but ONNX Runtime activated "
+            f"{active}{why}"
         )
     return session
 

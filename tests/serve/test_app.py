@@ -120,3 +120,12 @@ def test_openapi_documents_every_error_answer(client):
     # And the server answers as documented: an unknown model is a 404 with the error schema.
     answer = client.post("/v2/models/nope/infer", json={"inputs": []})
     assert answer.status_code == 404 and set(answer.json()) == {"error"}
+
+
+def test_io_binding_gives_the_logits_of_a_plain_run(model_path):
+    """The GPU path's IO binding, exercised on the CPU device: one copy in, one copy out."""
+    plain = Model(model_path, "cpu", cpu_fallback=False, threads=1)
+    bound = Model(model_path, "cpu", cpu_fallback=False, threads=1, io_binding=True)
+    batch = np.random.default_rng(5).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(bound.run(batch), plain.run(batch))
+    assert plain.run(batch[:1]).shape == bound.run(batch[:1]).shape == (1, 10)
