@@ -1,12 +1,13 @@
 """Finding CUDA for ONNX Runtime in a process without torch.
 
-onnxruntime-gpu's CUDA provider needs the CUDA runtime, cuBLAS, cuFFT, cuRAND and cuDNN. A
-process that imported torch first has them loaded by torch's wheels; a torch-free server does
-not, and the provider then fails to load and ONNX Runtime silently runs on the CPU. The
-``cuda`` and ``cudnn`` extras of onnxruntime-gpu install NVIDIA's pip libraries, and
-``onnxruntime.preload_dlls()`` loads them from there: ``prepare`` does it once per process,
-before the first CUDA session. When the provider still does not load, ``missing`` names the
-libraries this process cannot load. Torch-free.
+onnxruntime-gpu's CUDA provider (``libonnxruntime_providers_cuda.so``) links against the CUDA
+runtime, cuBLAS, cuFFT, cuRAND and cuDNN of the CUDA version it was built for. A process that
+imported torch first has torch's copies loaded; a torch-free server does not, so the provider
+fails to load and ONNX Runtime runs on the CPU. The ``cuda`` and ``cudnn`` extras of
+onnxruntime-gpu install NVIDIA's pip libraries, and ``onnxruntime.preload_dlls()`` loads them
+from there: ``prepare`` does it once per process, before the first CUDA session. When the
+provider still does not load, ``not_loaded_message`` asks the dynamic loader itself, which
+names the exact library (and version) that is missing. Torch-free.
 """
 
 from __future__ import annotations
@@ -14,17 +15,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+from pathlib import Path
 
-# What the CUDA 12 builds of onnxruntime-gpu's CUDA provider link against.
-LIBRARIES = (
-    "libcudart.so.12",
-    "libcublas.so.12",
-    "libcublasLt.so.12",
-    "libcurand.so.10",
-    "libcufft.so.11",
-    "libcudnn.so.9",
-)
 INSTALL = "pip install 'ln2d[serve,gpu]' (onnxruntime-gpu with NVIDIA's cuda and cudnn libraries)"
+PROVIDER_LIBRARY = "libonnxruntime_providers_cuda.so"
 
 
 @functools.cache
@@ -35,20 +29,19 @@ def prepare() -> None:
 
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
-        # Best effort: what it could not load, missing() names afterwards.
+        # Best effort: what it could not load, the loader names afterwards.
         with contextlib.suppress(Exception):
             preload()
 
 
-def missing(libraries: tuple[str, ...] = LIBRARIES) -> list[str]:
-    """The libraries of ``libraries`` that this process cannot load."""
-    absent = []
-    for name in libraries:
-        try:
-            ctypes.CDLL(name)
-        except OSError:
-            absent.append(name)
-    return absent
+def load_error(library: Path) -> str | None:
+    """Why the dynamic loader cannot load ``library`` into this process, or None if it can:
+    its message names the first dependency it did not find."""
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as error:
+        return str(error)
+    return None
 
 
 def not_loaded_message() -> str:
@@ -57,7 +50,8 @@ def not_loaded_message() -> str:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return f"this onnxruntime build has no CUDA provider; {INSTALL}"
-    absent = missing()
-    if absent:
-        return f"the CUDA libraries {', '.join(absent)} cannot be loaded; {INSTALL}"
-    return "the CUDA libraries load, so the GPU or its driver is not usable (run nvidia-smi)"
+    provider = Path(ort.__file__).parent / "capi" / PROVIDER_LIBRARY
+    error = load_error(provider)
+    if error is not None:
+        return f"its library does not load ({error}); {INSTALL}"
+    return "its library loads, so the GPU or its driver is not usable here (run nvidia-smi)"

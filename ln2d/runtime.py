@@ -75,8 +75,7 @@ def open_session(model, settings: SessionSettings = SessionSettings()):
     if active != PROVIDERS[settings.provider] and not settings.cpu_fallback:
         why = f": {cuda.not_loaded_message()}" if settings.provider == "cuda" else ""
         raise ProviderNotActive(
-            f"{PROVIDERS[settings.provider]} was requested but ONNX Runtime activated "
-            f"{active}{why}"
+            f"{PROVIDERS[settings.provider]} was requested but ONNX Runtime activated {active}{why}"
         )
     return session
 

@@ -4,6 +4,11 @@ one line a CUDA session that did not get its provider raises. The GPU side of it
 
 from __future__ import annotations
 
+import ctypes.util
+import shutil
+import subprocess
+from pathlib import Path
+
 import onnxruntime as ort
 import pytest
 
@@ -12,8 +17,23 @@ from ln2d.runtime import ProviderNotActive, SessionSettings, open_session
 from tests.tiny_models import classifier
 
 
-def test_missing_names_the_libraries_this_process_cannot_load():
-    assert cuda.missing(("libc.so.6", "libln2d-absent.so.1")) == ["libln2d-absent.so.1"]
+@pytest.mark.integration  # runs a C compiler; not under the sanitizer build's preload
+def test_the_loader_names_the_library_a_library_needs(tmp_path):
+    """A real shared library that links against one that does not exist, as the CUDA
+    provider links against cuDNN: the loader's message names the missing one."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler to build the test library")
+    (tmp_path / "absent.c").write_text("int absent(void) { return 1; }\n")
+    (tmp_path / "needy.c").write_text("int absent(void); int needy(void) { return absent(); }\n")
+    cc = ["cc", "-shared", "-fPIC"]
+    subprocess.run([*cc, "-o", tmp_path / "libln2dabsent.so.7", tmp_path / "absent.c",
+                    "-Wl,-soname,libln2dabsent.so.7"], check=True)  # fmt: skip
+    subprocess.run([*cc, "-o", tmp_path / "libneedy.so", tmp_path / "needy.c",
+                    tmp_path / "libln2dabsent.so.7"], check=True)  # fmt: skip
+    (tmp_path / "libln2dabsent.so.7").unlink()
+    error = cuda.load_error(tmp_path / "libneedy.so")
+    assert error is not None and "libln2dabsent.so.7" in error
+    assert cuda.load_error(Path(ctypes.util.find_library("c"))) is None
 
 
 def test_prepare_is_safe_without_a_gpu_and_runs_once():
