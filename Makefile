@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARTIFACTS ?= artifacts
 
-.PHONY: demo test test-fast test-sanitized test-native-serving lint venv browser image image-test image-tools clean
+.PHONY: demo test test-fast test-sanitized test-native-serving lint venv browser image image-test image-tools clean gpu-check gpu-check-dry
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -31,6 +31,15 @@ demo: $(STAMP)
 	$(BIN)/ln2d samples $(ARTIFACTS)/samples
 	# Starts ln2d serve on a free port, classifies over REST, stops it with SIGTERM.
 	$(BIN)/ln2d predict --serve $(ARTIFACTS)/model.onnx $(ARTIFACTS)/samples/*
+
+# On a GPU machine: every GPU measurement in one run of at most 8 minutes, written to
+# $(ARTIFACTS)/gpu-check/gpu-check.{json,md} (docs/development.md: "The GPU check").
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py --out $(ARTIFACTS)/gpu-check
+
+# Its rehearsal on the CPU (make test runs it too: tests/test_gpu_check.py).
+gpu-check-dry: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py --dry-run --out $(ARTIFACTS)/gpu-check-dry
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,291 @@
+"""``make gpu-check``: everything the GPU path needs measured, in one command of at most eight
+minutes on a GPU machine, written to one JSON and one Markdown table.
+
+Steps, each a real ln2d command in its own process with its own time limit (a step that fails
+or runs out of time is recorded, and the next one runs):
+
+1. environment: Python, torch and its CUDA, onnxruntime and its providers, ``nvidia-smi -L``;
+2. artifacts: the digits model trained, and exported for every target, fp32 and fp16;
+3. provider_without_torch: a CUDA session opened in a process that never imports torch, as
+   ``ln2d serve`` does: the active provider, or the loader's reason it did not come up;
+4. parity: ``ln2d parity`` of every export on the provider;
+5. bench: ``ln2d bench --providers cuda --fp16``, the bench networks at batch 1/8/32, beside
+   PyTorch eager on the same GPU;
+6. bench_train: ``ln2d bench-train --device cuda``;
+7. serve: ``ln2d serve --provider cuda`` beside ``--provider cpu`` on the same model: a real
+   classify request, then v2 binary at concurrency 1/8/32, in a random order;
+8. cuda_tests: ``pytest -m cuda``;
+9. second_timing: ``scripts/crosscheck_cuda.py``, parity and placement a second way.
+
+``--dry-run`` rehearses it on a machine without a GPU: the same steps on the CPU provider with
+short timings, the CUDA-only ones recorded as skipped, so that GPU minutes are never spent on a
+bug here. ``make test`` runs the dry run.
+
+    python scripts/gpu_check.py --out artifacts/gpu-check [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ("cpu", "cuda", "portable")
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class Check:
+    out: Path
+    dry_run: bool
+
+    @property
+    def provider(self) -> str:
+        return "cpu" if self.dry_run else "cuda"
+
+    @property
+    def seconds(self) -> float:
+        return 0.2 if self.dry_run else 2.0
+
+    @property
+    def work(self) -> Path:
+        return self.out / "work"
+
+
+def ln2d(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ln2d", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def tail(text: str, lines: int = 3) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:])
+
+
+def environment(check: Check) -> dict:
+    probe = (
+        "import json, platform, onnxruntime as ort\n"
+        "found = {'python': platform.python_version(), 'onnxruntime': ort.__version__,"
+        " 'providers': ort.get_available_providers()}\n"
+        "try:\n import torch\n found.update(torch=torch.__version__, torch_cuda=torch.version.cuda,"
+        " gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)\n"
+        "except ImportError:\n found['torch'] = None\n"
+        "print(json.dumps(found))"
+    )
+    found = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                                      text=True, timeout=60, check=True).stdout)  # fmt: skip
+    try:
+        smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+        found["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+    except FileNotFoundError:
+        found["nvidia_smi"] = "no nvidia-smi"
+    return {"status": "ok", **found, "machine": platform.machine()}
+
+
+def artifacts(check: Check) -> dict:
+    check.work.mkdir(parents=True, exist_ok=True)
+    checkpoint = check.work / "digits.safetensors"
+    trained = ln2d("train", "--out", str(checkpoint), "--no-progress", timeout=120)
+    if trained.returncode != 0:
+        return {"status": "failed", "error": tail(trained.stderr)}
+    made, refused = [], {}
+    for target in TARGETS:
+        for precision in PRECISIONS:
+            path = check.work / f"digits-{target}-{precision}.onnx"
+            args = ["export", str(checkpoint), "-o", str(path), "--target", target]
+            exported = ln2d(*args, "--precision", precision, timeout=120)
+            if exported.returncode == 0:
+                made.append(path.name)
+            else:
+                refused[path.name] = tail(exported.stderr, 1)
+    return {"status": "ok" if made else "failed", "models": made, "refused": refused}
+
+
+def provider_without_torch(check: Check) -> dict:
+    probe = (
+        "import json, sys\n"
+        "from ln2d.runtime import ProviderNotActive, SessionSettings, open_session\n"
+        "try:\n"
+        "    session = open_session(sys.argv[1], SessionSettings('cuda'))\n"
+        "    found = {'active': session.get_providers()[0]}\n"
+        "except ProviderNotActive as error:\n"
+        "    found = {'error': str(error)}\n"
+        "found['torch_imported'] = 'torch' in sys.modules\n"
+        "print(json.dumps(found))"
+    )
+    model = check.work / "digits-cuda-fp32.onnx"
+    done = subprocess.run([sys.executable, "-c", probe, str(model)], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    if done.returncode != 0:
+        return {"status": "failed", "error": tail(done.stderr)}
+    found = json.loads(done.stdout)
+    ok = found.get("active") == "CUDAExecutionProvider" and not found["torch_imported"]
+    status = "ok" if ok else ("skipped" if check.dry_run else "failed")
+    return {"status": status, **found}
+
+
+def parity(check: Check) -> dict:
+    rows, failed = {}, 0
+    for model in sorted(check.work.glob("digits-*.onnx")):
+        report = check.work / f"{model.stem}.parity.json"
+        done = ln2d("parity", str(check.work / "digits.safetensors"), str(model),
+                    "--providers", check.provider, "--json", str(report), timeout=90)  # fmt: skip
+        rows[model.stem] = {"exit": done.returncode, "summary": tail(done.stdout, 2)}
+        failed += done.returncode != 0
+    return {"status": "failed" if failed else "ok", "models": rows}
+
+
+def bench(check: Check) -> dict:
+    report = check.out / "bench.json"
+    networks = "simple" if check.dry_run else "simple,convnext-atto"
+    args = ["bench", "--model", networks, "--providers", check.provider,
+            "--seconds", str(check.seconds), "--json", str(report), "--no-progress"]  # fmt: skip
+    args += ["--batch", "1"] if check.dry_run else ["--batch", "1,8,32", "--fp16"]
+    done = ln2d(*args, timeout=150)
+    status = "ok" if done.returncode == 0 else "failed"
+    return {"status": status, "json": report.name, "table": tail(done.stdout, 40)}
+
+
+def bench_train(check: Check) -> dict:
+    report = check.out / "bench-train.json"
+    done = ln2d("bench-train", "--device", check.provider, "--networks", "simple",
+                "--seconds", str(check.seconds), "--no-compile", "--json", str(report),
+                "--no-progress", timeout=120)  # fmt: skip
+    status = "ok" if done.returncode == 0 else "failed"
+    return {"status": status, "json": report.name, "table": tail(done.stdout, 20)}
+
+
+def serve(check: Check) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import httpx
+
+    from ln2d.serve.model import Model
+    from ln2d.serve.tools.bench_serve import _v2_request
+    from ln2d.serve.tools.launcher import ServerProcess
+    from ln2d.serve.tools.loadgen import run_load
+
+    model = check.work / f"digits-{'cpu' if check.dry_run else 'cuda'}-fp32.onnx"
+    info = Model(model, "cpu", False, 1).info
+    request = _v2_request(info)
+    servers = {
+        "gpu": ServerProcess(model, ["--no-access-log", "--provider", check.provider]),
+        "cpu": ServerProcess(model, ["--no-access-log", "--provider", "cpu"]),
+    }
+    try:
+        png = _digit_png()
+        answer = httpx.post(f"{servers['gpu'].url}/v1/classify", content=png,
+                            headers={"content-type": "image/png"}).json()  # fmt: skip
+        rows = []
+        for concurrency in (1, 8, 32):
+            measured = {}
+            for name in random.sample(list(servers), 2):
+                server = servers[name]
+                run_load(server.host, server.port, request, concurrency, check.seconds / 2)
+                result = run_load(server.host, server.port, request, concurrency, check.seconds)
+                answered = result.summary(200)
+                measured[name] = {**answered, "non_200": len(result.statuses) - answered["count"]}
+            rows.append({"concurrency": concurrency, **measured})
+    finally:
+        exits = {name: server.stop() for name, server in servers.items()}
+    ok = answer.get("provider") == (
+        "CPUExecutionProvider" if check.dry_run else "CUDAExecutionProvider"
+    )
+    return {"status": "ok" if ok else "failed", "provider": answer.get("provider"),
+            "rows": rows, "exit_codes": exits}  # fmt: skip
+
+
+def _digit_png() -> bytes:
+    from tests.images import digit, png
+
+    return png(digit(0)[0])
+
+
+def cuda_tests(check: Check) -> dict:
+    # Only the files that hold CUDA tests: collecting the whole suite takes most of a minute.
+    files = [str(p) for p in (ROOT / "tests").rglob("test_*.py") if "mark.cuda" in p.read_text()]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p",
+                           "no:cacheprovider", *files], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    status = "ok" if done.returncode in (0, 5) else "failed"  # 5: none collected
+    return {"status": status, "summary": tail(done.stdout, 1)}
+
+
+def second_timing(check: Check) -> dict:
+    if check.dry_run:
+        return {"status": "skipped", "reason": "needs the CUDA provider"}
+    report = check.out / "crosscheck-cuda.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "crosscheck_cuda.py"),
+                           "--json", str(report)], capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+    return {"status": "ok" if done.returncode == 0 else "failed", "summary": tail(done.stdout)}
+
+
+STEPS: list[tuple[str, Callable[[Check], dict]]] = [
+    ("environment", environment),
+    ("artifacts", artifacts),
+    ("provider_without_torch", provider_without_torch),
+    ("parity", parity),
+    ("bench", bench),
+    ("bench_train", bench_train),
+    ("serve", serve),
+    ("cuda_tests", cuda_tests),
+    ("second_timing", second_timing),
+]
+
+
+def run(check: Check) -> dict:
+    results = {}
+    for name, step in STEPS:
+        started = time.monotonic()
+        print(f"[gpu-check] {name}", file=sys.stderr, flush=True)
+        try:
+            result = step(check)
+        except Exception as error:  # a step's failure is a finding, not the end of the check
+            result = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        results[name] = {**result, "seconds": round(time.monotonic() - started, 1)}
+    return {"dry_run": check.dry_run, "steps": results}
+
+
+def markdown(report: dict) -> str:
+    lines = ["| step | status | seconds | result |", "|---|---|---:|---|"]
+    for name, result in report["steps"].items():
+        shown = {k: v for k, v in result.items() if k not in ("status", "seconds", "table", "rows")}
+        lines.append(f"| {name} | {result['status']} | {result['seconds']} | "
+                     f"{json.dumps(shown)[:300]} |")  # fmt: skip
+    serve_rows = report["steps"].get("serve", {}).get("rows", [])
+    if serve_rows:
+        lines += [
+            "",
+            "| concurrency | GPU server req/s | CPU server req/s | GPU p99 ms | CPU p99 ms |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for row in serve_rows:
+            gpu, cpu = row["gpu"], row["cpu"]
+            lines.append(f"| {row['concurrency']} | {gpu['per_s']:,.0f} | {cpu['per_s']:,.0f} | "
+                         f"{gpu['p99_ms']:.1f} | {cpu['p99_ms']:.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "gpu-check")
+    parser.add_argument("--dry-run", action="store_true", help="rehearse on the CPU")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = run(Check(args.out, args.dry_run))
+    (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2))
+    (args.out / "gpu-check.md").write_text(markdown(report))
+    print(markdown(report))
+    return 1 if any(r["status"] == "failed" for r in report["steps"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

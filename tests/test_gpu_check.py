@@ -1,0 +1,35 @@
+"""``make gpu-check``'s rehearsal: the whole script on the CPU (``--dry-run``), as it will run
+on a GPU machine, so that GPU minutes are never spent on a bug that shows here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_the_dry_run_runs_every_step_and_writes_its_report(tmp_path):
+    script = ROOT / "scripts" / "gpu_check.py"
+    command = [sys.executable, str(script), "--dry-run", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    steps = report["steps"]
+    assert report["dry_run"] and list(steps) == [
+        "environment", "artifacts", "provider_without_torch", "parity", "bench",
+        "bench_train", "serve", "cuda_tests", "second_timing",
+    ]  # fmt: skip
+    assert {r["status"] for r in steps.values()} <= {"ok", "skipped"}
+    assert len(steps["artifacts"]["models"]) == 6  # every target, fp32 and fp16
+    # The torch-free process never imported torch, and says why CUDA did not come up.
+    torch_free = steps["provider_without_torch"]
+    assert torch_free["torch_imported"] is False and "ln2d[serve,gpu]" in torch_free["error"]
+    assert [row["concurrency"] for row in steps["serve"]["rows"]] == [1, 8, 32]
+    assert all(row[s]["non_200"] == 0 for row in steps["serve"]["rows"] for s in ("gpu", "cpu"))
+    assert (tmp_path / "gpu-check.md").read_text().startswith("| step | status |")
