@@ -485,26 +485,22 @@ def _grpc_table(grpc: dict | None) -> list[str]:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in grpc["rows"]:
-        g, h = row["grpc"], row["http_binary"]
-        lines.append(
-            f"| {row['concurrency']} | {g['req_per_s']:,.0f} | {h['req_per_s']:,.0f} | "
-            f"{row['req_per_s_ratio']:.2f} | {g['p50_ms']:.1f} | {h['p50_ms']:.1f} | "
-            f"{g['p99_ms']:.1f} | {h['p99_ms']:.1f} | {g['server_cpu_us']:.0f} / "
-            f"{h['server_cpu_us']:.0f} | {g['client_cpu_us']:.0f} / "
-            f"{h['client_cpu_us']:.0f} | {g['non_200'] + h['non_200']} |"
-        )
+        lines.append(_pair(row["concurrency"], row["grpc"], row["http_binary"], row))
     a_a = grpc["a_a"]
-    first, second = a_a["grpc"], a_a["grpc again"]
-    lines += [
-        f"| A/A: gRPC twice, {a_a['concurrency']} | {first['req_per_s']:,.0f} | "
-        f"{second['req_per_s']:,.0f} | {a_a['req_per_s_ratio']:.2f} | {first['p50_ms']:.1f} | "
-        f"{second['p50_ms']:.1f} | {first['p99_ms']:.1f} | {second['p99_ms']:.1f} | "
-        f"{first['server_cpu_us']:.0f} / {second['server_cpu_us']:.0f} | "
-        f"{first['client_cpu_us']:.0f} / {second['client_cpu_us']:.0f} | "
-        f"{first['non_200'] + second['non_200']} |",
-        "",
-    ]
+    label = f"A/A: gRPC twice, {a_a['concurrency']}"
+    lines += [_pair(label, a_a["grpc"], a_a["grpc again"], a_a), ""]
     return lines
+
+
+def _pair(label: object, first: dict, second: dict, row: dict) -> str:
+    """One line of the gRPC table: two measurements side by side."""
+    return (
+        f"| {label} | {first['req_per_s']:,.0f} | {second['req_per_s']:,.0f} | "
+        f"{row['req_per_s_ratio']:.2f} | {first['p50_ms']:.1f} | {second['p50_ms']:.1f} | "
+        f"{first['p99_ms']:.1f} | {second['p99_ms']:.1f} | {first['server_cpu_us']:.0f} / "
+        f"{second['server_cpu_us']:.0f} | {first['client_cpu_us']:.0f} / "
+        f"{second['client_cpu_us']:.0f} | {first['non_200'] + second['non_200']} |"
+    )
 
 
 def _two_models_table(two: dict) -> list[str]:
