@@ -1,5 +1,6 @@
 """Two builds of ``ln2d serve`` side by side on one model: a regression check for a change to
-the server (for example, ``main`` against the commit before it).
+the server (for example, ``main`` against the commit before it), or one build under two sets
+of flags (``--b-args "--otlp-endpoint ..."``: what tracing costs).
 
 Each build is a Python interpreter that imports its own ``ln2d``. Both servers run at once; at
 every point they are timed one after the other in a random order (1 s of warm-up, then
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import statistics
 from pathlib import Path
 
@@ -38,14 +40,19 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--a", required=True, help="build A's python (the baseline)")
     parser.add_argument("--b", required=True, help="build B's python (the change)")
+    parser.add_argument("--a-args", default="", help="extra ln2d serve flags for build A")
+    parser.add_argument("--b-args", default="", help="extra ln2d serve flags for build B")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     info = Model(args.model, "cpu", False, 1).info
     bodies = {"v2_binary": _v2_request(info), "classify_png_224": _classify_png()}
+    flags = {"A": shlex.split(args.a_args), "B": shlex.split(args.b_args)}
     servers = {
         name: ServerProcess(
-            args.model, ["--no-access-log"], command=[python, "-m", "ln2d", "serve"]
+            args.model,
+            ["--no-access-log", *flags[name]],
+            command=[python, "-m", "ln2d", "serve"],
         )
         for name, python in (("A", args.a), ("B", args.b))
     }
