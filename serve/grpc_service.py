@@ -133,8 +133,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         if not hmac.compare_digest(sent, self._expected):
             raise ApiError(401, "missing or wrong bearer token (authorization metadata)")
 
-    @staticmethod
-    def _log(path, metadata, context, code, elapsed, call) -> None:
+    def _log(self, path, metadata, context, code, elapsed, call) -> None:
         sent = metadata.get("x-request-id")
         entry = {
             "request_id": request_id(sent.encode() if sent else None).decode(),
@@ -147,7 +146,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             "client": context.peer(),
         }
         if call.span is not None:
-            entry["trace_id"] = format(call.span.get_span_context().trace_id, "032x")
+            entry["trace_id"] = self.state.tracer.trace_id(call.span)
         access_log.info(json.dumps(entry))
 
     # ---- the calls ---------------------------------------------------------------------
@@ -172,10 +171,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _model_metadata(self, request, context, call):
         served = self.registry.resolve(request.name, request.version or None)
         info, tensor = served.info, service_pb2.ModelMetadataResponse.TensorMetadata
-        versions = [str(s.version) for s in self.registry.ready_versions() if s.name == served.name]
         return service_pb2.ModelMetadataResponse(
             name=info.name,
-            versions=versions,
+            versions=self.registry.versions(served.name),
             platform="onnxruntime_onnx",
             inputs=[
                 tensor(name=info.input_name, datatype=DATATYPE, shape=[-1, *info.sample_shape])

@@ -81,7 +81,7 @@ class RequestLog:
                     "client": (scope.get("client") or ("", 0))[0],
                 }
                 if span is not None:
-                    entry["trace_id"] = format(span.get_span_context().trace_id, "032x")
+                    entry["trace_id"] = self.tracer.trace_id(span)
                 access_log.info(json.dumps(entry))
 
     def _open_span(self, scope: Scope, request_id: bytes):

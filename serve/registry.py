@@ -231,6 +231,10 @@ class Registry:
 
     # ---- what is served -----------------------------------------------------------------
 
+    def versions(self, name: str) -> list[str]:
+        """The versions of ``name`` that take traffic now, oldest first."""
+        return [str(v) for v in sorted(self._ready.get(name, {}))]
+
     def failure(self, name: str) -> str | None:
         """Why the last load of ``name`` failed, if it did."""
         return self._failed.get(name)

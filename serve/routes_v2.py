@@ -38,7 +38,7 @@ def router(state: DataPlane) -> APIRouter:
         info = served.info
         return {
             "name": info.name,
-            "versions": [str(s.version) for s in registry.ready_versions() if s.name == name],
+            "versions": registry.versions(info.name),
             "platform": "onnxruntime_onnx",
             "inputs": [_tensor(info.input_name, [-1, *info.sample_shape])],
             "outputs": [_tensor(info.output_name, [-1, info.num_classes])],

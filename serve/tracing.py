@@ -66,17 +66,16 @@ class Tracer:
             span.set_status(Status(StatusCode.ERROR, str(status)))
         span.end()
 
+    @staticmethod
+    def trace_id(span: Span) -> str:
+        """The span's trace id as W3C writes it, for the access log."""
+        return format(span.get_span_context().trace_id, "032x")
+
     def shutdown(self) -> None:
         self.provider.shutdown()
 
     def _ns(self, monotonic_s: float) -> int:
         return int(monotonic_s * 1e9) + self._offset_ns
-
-
-def trace_id(span: Span | None) -> str | None:
-    if span is None:
-        return None
-    return format(span.get_span_context().trace_id, "032x")
 
 
 def from_settings(otlp_endpoint: str | None) -> Tracer:
