@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import sys
 from pathlib import Path
 
 INSTALL = "pip install 'ln2d[serve,gpu]' (onnxruntime-gpu with NVIDIA's cuda and cudnn libraries)"
@@ -29,8 +30,9 @@ def prepare() -> None:
 
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
-        # Best effort: what it could not load, the loader names afterwards.
-        with contextlib.suppress(Exception):
+        # Best effort: what it could not load, the loader names afterwards. Its advice is
+        # printed, and stdout belongs to the command (JSON reports, the server's log).
+        with contextlib.suppress(Exception), contextlib.redirect_stdout(sys.stderr):
             preload()
 
 

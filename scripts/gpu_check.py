@@ -8,20 +8,25 @@ or runs out of time is recorded, and the next one runs):
 2. artifacts: the digits model trained, and exported for every target, fp32 and fp16;
 3. provider_without_torch: a CUDA session opened in a process that never imports torch, as
    ``ln2d serve`` does: the active provider, or the loader's reason it did not come up;
-4. parity: ``ln2d parity`` of every export on the provider;
+4. serve: ``ln2d serve --provider cuda`` beside ``--provider cpu`` on the same model: a real
+   classify request, then v2 binary at concurrency 1/8/32, in a random order;
 5. bench: ``ln2d bench --providers cuda --fp16``, the bench networks at batch 1/8/32, beside
    PyTorch eager on the same GPU;
-6. bench_train: ``ln2d bench-train --device cuda``;
-7. serve: ``ln2d serve --provider cuda`` beside ``--provider cpu`` on the same model: a real
-   classify request, then v2 binary at concurrency 1/8/32, in a random order;
+6. parity: ``ln2d parity`` of every export on the provider;
+7. second_timing: ``scripts/crosscheck_cuda.py``, parity and placement a second way;
 8. cuda_tests: ``pytest -m cuda``;
-9. second_timing: ``scripts/crosscheck_cuda.py``, parity and placement a second way.
+9. bench_train: ``ln2d bench-train --device cuda``.
+
+The order is the order of value: GPU minutes are few, and ``--budget`` ends the check in time
+(each step's limit is cut to the time left; the steps that no longer fit are recorded as
+skipped). The JSON and the table are rewritten after every step, so a call cut short still
+brings back what was measured.
 
 ``--dry-run`` rehearses it on a machine without a GPU: the same steps on the CPU provider with
 short timings, the CUDA-only ones recorded as skipped, so that GPU minutes are never spent on a
 bug here. ``make test`` runs the dry run.
 
-    python scripts/gpu_check.py --out artifacts/gpu-check [--dry-run]
+    python scripts/gpu_check.py --out artifacts/gpu-check [--work DIR] [--budget S] [--dry-run]
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ PRECISIONS = ("fp32", "fp16")
 @dataclass(frozen=True)
 class Check:
     out: Path
+    work: Path
     dry_run: bool
+    deadline: float  # time.monotonic() at which the check must have ended
 
     @property
     def provider(self) -> str:
@@ -53,17 +60,15 @@ class Check:
 
     @property
     def seconds(self) -> float:
-        return 0.2 if self.dry_run else 2.0
+        return 0.2 if self.dry_run else 0.5
 
-    @property
-    def work(self) -> Path:
-        return self.out / "work"
+    def limit(self, seconds: float) -> float:
+        """A step's own time limit, cut to the time the check has left."""
+        return max(1.0, min(seconds, self.deadline - time.monotonic()))
 
-
-def ln2d(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ln2d", *args], capture_output=True, text=True, timeout=timeout
-    )
+    def ln2d(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ln2d", *args], capture_output=True,
+                              text=True, timeout=self.limit(timeout))  # fmt: skip
 
 
 def tail(text: str, lines: int = 3) -> str:
@@ -93,7 +98,7 @@ def environment(check: Check) -> dict:
 def artifacts(check: Check) -> dict:
     check.work.mkdir(parents=True, exist_ok=True)
     checkpoint = check.work / "digits.safetensors"
-    trained = ln2d("train", "--out", str(checkpoint), "--no-progress", timeout=120)
+    trained = check.ln2d("train", "--out", str(checkpoint), "--no-progress", timeout=120)
     if trained.returncode != 0:
         return {"status": "failed", "error": tail(trained.stderr)}
     made, refused = [], {}
@@ -101,7 +106,7 @@ def artifacts(check: Check) -> dict:
         for precision in PRECISIONS:
             path = check.work / f"digits-{target}-{precision}.onnx"
             args = ["export", str(checkpoint), "-o", str(path), "--target", target]
-            exported = ln2d(*args, "--precision", precision, timeout=120)
+            exported = check.ln2d(*args, "--precision", precision, timeout=120)
             if exported.returncode == 0:
                 made.append(path.name)
             else:
@@ -123,10 +128,10 @@ def provider_without_torch(check: Check) -> dict:
     )
     model = check.work / "digits-cuda-fp32.onnx"
     done = subprocess.run([sys.executable, "-c", probe, str(model)], capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+                          text=True, timeout=check.limit(120))  # fmt: skip
     if done.returncode != 0:
         return {"status": "failed", "error": tail(done.stderr)}
-    found = json.loads(done.stdout)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
     ok = found.get("active") == "CUDAExecutionProvider" and not found["torch_imported"]
     status = "ok" if ok else ("skipped" if check.dry_run else "failed")
     return {"status": status, **found}
@@ -136,7 +141,7 @@ def parity(check: Check) -> dict:
     rows, failed = {}, 0
     for model in sorted(check.work.glob("digits-*.onnx")):
         report = check.work / f"{model.stem}.parity.json"
-        done = ln2d("parity", str(check.work / "digits.safetensors"), str(model),
+        done = check.ln2d("parity", str(check.work / "digits.safetensors"), str(model),
                     "--providers", check.provider, "--json", str(report), timeout=90)  # fmt: skip
         rows[model.stem] = {"exit": done.returncode, "summary": tail(done.stdout, 2)}
         failed += done.returncode != 0
@@ -149,14 +154,14 @@ def bench(check: Check) -> dict:
     args = ["bench", "--model", networks, "--providers", check.provider,
             "--seconds", str(check.seconds), "--json", str(report), "--no-progress"]  # fmt: skip
     args += ["--batch", "1"] if check.dry_run else ["--batch", "1,8,32", "--fp16"]
-    done = ln2d(*args, timeout=150)
+    done = check.ln2d(*args, timeout=150)
     status = "ok" if done.returncode == 0 else "failed"
     return {"status": status, "json": report.name, "table": tail(done.stdout, 40)}
 
 
 def bench_train(check: Check) -> dict:
     report = check.out / "bench-train.json"
-    done = ln2d("bench-train", "--device", check.provider, "--networks", "simple",
+    done = check.ln2d("bench-train", "--device", check.provider, "--networks", "simple",
                 "--seconds", str(check.seconds), "--no-compile", "--json", str(report),
                 "--no-progress", timeout=120)  # fmt: skip
     status = "ok" if done.returncode == 0 else "failed"
@@ -213,7 +218,7 @@ def cuda_tests(check: Check) -> dict:
     files = [str(p) for p in (ROOT / "tests").rglob("test_*.py") if "mark.cuda" in p.read_text()]
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p",
                            "no:cacheprovider", *files], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)  # fmt: skip
+                          text=True, timeout=check.limit(300), cwd=ROOT)  # fmt: skip
     status = "ok" if done.returncode in (0, 5) else "failed"  # 5: none collected
     return {"status": status, "summary": tail(done.stdout, 1)}
 
@@ -224,7 +229,7 @@ def second_timing(check: Check) -> dict:
     report = check.out / "crosscheck-cuda.json"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "crosscheck_cuda.py"),
                            "--json", str(report)], capture_output=True, text=True,
-                          timeout=180)  # fmt: skip
+                          timeout=check.limit(180))  # fmt: skip
     return {"status": "ok" if done.returncode == 0 else "failed", "summary": tail(done.stdout)}
 
 
@@ -232,25 +237,33 @@ STEPS: list[tuple[str, Callable[[Check], dict]]] = [
     ("environment", environment),
     ("artifacts", artifacts),
     ("provider_without_torch", provider_without_torch),
-    ("parity", parity),
-    ("bench", bench),
-    ("bench_train", bench_train),
     ("serve", serve),
-    ("cuda_tests", cuda_tests),
+    ("bench", bench),
+    ("parity", parity),
     ("second_timing", second_timing),
+    ("cuda_tests", cuda_tests),
+    ("bench_train", bench_train),
 ]
+MINIMUM_STEP_SECONDS = 20
 
 
-def run(check: Check) -> dict:
-    results = {}
+def run(check: Check, report: Callable[[dict], None]) -> dict:
+    """Every step in order, ``report`` called with the results so far after each."""
+    results: dict = {}
     for name, step in STEPS:
         started = time.monotonic()
+        if check.deadline - started < MINIMUM_STEP_SECONDS:
+            results[name] = {"status": "skipped", "reason": "out of time", "seconds": 0.0}
+            continue
         print(f"[gpu-check] {name}", file=sys.stderr, flush=True)
         try:
             result = step(check)
         except Exception as error:  # a step's failure is a finding, not the end of the check
             result = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
         results[name] = {**result, "seconds": round(time.monotonic() - started, 1)}
+        print(f"[gpu-check] {name}: {json.dumps(results[name])[:2000]}", file=sys.stderr,
+              flush=True)  # fmt: skip
+        report({"dry_run": check.dry_run, "steps": results})
     return {"dry_run": check.dry_run, "steps": results}
 
 
@@ -276,13 +289,33 @@ def markdown(report: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "gpu-check")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "artifacts" / "gpu-check",
+        help="where gpu-check.json, gpu-check.md and each step's JSON go",
+    )
+    parser.add_argument(
+        "--work", type=Path, help="where the models and parity reports go (default: OUT/work)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=480.0,
+        help="seconds the whole check may take (default: 480)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="rehearse on the CPU")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    report = run(Check(args.out, args.dry_run))
-    (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2))
-    (args.out / "gpu-check.md").write_text(markdown(report))
+    check = Check(args.out, args.work or args.out / "work", args.dry_run,
+                  time.monotonic() + args.budget)  # fmt: skip
+
+    def write(report: dict) -> None:
+        (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2))
+        (args.out / "gpu-check.md").write_text(markdown(report))
+
+    report = run(check, write)
+    write(report)
     print(markdown(report))
     return 1 if any(r["status"] == "failed" for r in report["steps"].values()) else 0
 

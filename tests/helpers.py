@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -61,3 +62,25 @@ def fusion_targets() -> list:
         pytest.param(target, marks=pytest.mark.skipif(not usable(target), reason=reason))
         for target in TARGETS
     ]
+
+
+@functools.cache
+def cuda_unavailable() -> str | None:
+    """Why ONNX Runtime's CUDA provider cannot run a session here, or None when it can. Its
+    being listed is not enough: onnxruntime-gpu lists it on a machine without a GPU or CUDA."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ln2d.runtime import ProviderNotActive, SessionSettings, open_session
+
+    tensor = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in "xy"]
+    identity = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([identity], "probe", tensor[:1], tensor[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    try:
+        open_session(model, SessionSettings("cuda"))
+    except ProviderNotActive as error:
+        return str(error)
+    return None

@@ -22,8 +22,8 @@ def test_the_dry_run_runs_every_step_and_writes_its_report(tmp_path):
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     steps = report["steps"]
     assert report["dry_run"] and list(steps) == [
-        "environment", "artifacts", "provider_without_torch", "parity", "bench",
-        "bench_train", "serve", "cuda_tests", "second_timing",
+        "environment", "artifacts", "provider_without_torch", "serve", "bench", "parity",
+        "second_timing", "cuda_tests", "bench_train",
     ]  # fmt: skip
     assert {r["status"] for r in steps.values()} <= {"ok", "skipped"}
     assert len(steps["artifacts"]["models"]) == 6  # every target, fp32 and fp16
@@ -33,3 +33,14 @@ def test_the_dry_run_runs_every_step_and_writes_its_report(tmp_path):
     assert [row["concurrency"] for row in steps["serve"]["rows"]] == [1, 8, 32]
     assert all(row[s]["non_200"] == 0 for row in steps["serve"]["rows"] for s in ("gpu", "cpu"))
     assert (tmp_path / "gpu-check.md").read_text().startswith("| step | status |")
+
+
+def test_a_spent_budget_skips_the_steps_and_still_writes_the_report(tmp_path):
+    script = ROOT / "scripts" / "gpu_check.py"
+    command = [sys.executable, str(script), "--dry-run", "--budget", "5", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = json.loads((tmp_path / "gpu-check.json").read_text())["steps"]
+    assert len(steps) == 9
+    assert {r["status"] for r in steps.values()} == {"skipped"}
+    assert {r["reason"] for r in steps.values()} == {"out of time"}

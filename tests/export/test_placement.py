@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from ln2d.export.onnx_export import INPUT_NAME, default_opset
 from ln2d.export.placement import run_and_place
-from tests.helpers import run_cli
+from tests.helpers import cuda_unavailable, run_cli
 
 pytestmark = pytest.mark.integration  # a trained checkpoint exported by the command line
 
@@ -42,8 +41,8 @@ def test_on_the_cpu_every_node_is_placed_on_the_cpu(cuda_export):
 
 @pytest.mark.cuda
 def test_on_cuda_the_cuda_target_runs_every_node_on_the_gpu(cuda_export):
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("no CUDAExecutionProvider in this onnxruntime build")
+    if reason := cuda_unavailable():
+        pytest.skip(reason)
     _, on_cpu = run_and_place(cuda_export.SerializeToString(), _digits_batch(), "cuda")
     # ONNX Runtime keeps shape arithmetic on the CPU on purpose; nothing else may fall back
     assert set(on_cpu) <= {"Shape", "Gather", "Concat", "Unsqueeze", "Reshape"}, on_cpu

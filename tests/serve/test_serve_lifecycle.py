@@ -21,7 +21,7 @@ from ln2d.cpu_quota import cgroup_quota
 from ln2d.data import Preprocessing
 from ln2d.serve.tools.launcher import ServerProcess
 from ln2d.serve.tools.loadgen import http_request, run_load
-from tests.helpers import run_cli
+from tests.helpers import cuda_unavailable, run_cli
 from tests.images import digit, png
 from tests.serve.prometheus import sample
 
@@ -136,10 +136,8 @@ def test_model_without_metadata_serves_with_index_labels(digits_onnx, tmp_path):
 
 
 def test_cuda_without_the_provider_fails_loudly_or_falls_back_when_asked(digits_onnx):
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this machine has CUDA: the refusal path cannot be exercised")
+    if cuda_unavailable() is None:
+        pytest.skip("CUDA works on this machine: the refusal path cannot be exercised")
     refused = run_cli("serve", str(digits_onnx), "--provider", "cuda", "--port", "0")
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1].startswith("ln2d serve: error: CUDAExec")
@@ -151,10 +149,8 @@ def test_cuda_without_the_provider_fails_loudly_or_falls_back_when_asked(digits_
 
 @pytest.mark.cuda
 def test_cuda_provider_is_active(digits_onnx):
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("no CUDAExecutionProvider in this onnxruntime build")
+    if reason := cuda_unavailable():
+        pytest.skip(reason)
     with ServerProcess(digits_onnx, ["--provider", "cuda"]) as server:
         info = httpx.get(f"{server.url}/v1/model").json()
         assert info["provider"] == "CUDAExecutionProvider"
