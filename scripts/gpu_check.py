@@ -9,13 +9,15 @@ or runs out of time is recorded, and the next one runs):
 3. provider_without_torch: a CUDA session opened in a process that never imports torch, as
    ``ln2d serve`` does: the active provider, or the loader's reason it did not come up;
 4. serve: ``ln2d serve --provider cuda`` beside ``--provider cpu`` on the same model: a real
-   classify request, then v2 binary at concurrency 1/8/32, in a random order;
-5. bench: ``ln2d bench --providers cuda --fp16``, the bench networks at batch 1/8/32, beside
+   classify request, then v2 binary at concurrency 1/8/32, in a random order, and each
+   server's own batch sizes and inference times (its /metrics);
+5. model_run: the served model's run alone per batch size, IO binding on and off;
+6. bench: ``ln2d bench --providers cuda --fp16``, the bench networks at batch 1/8/32, beside
    PyTorch eager on the same GPU;
-6. parity: ``ln2d parity`` of every export on the provider;
-7. second_timing: ``scripts/crosscheck_cuda.py``, parity and placement a second way;
-8. cuda_tests: ``pytest -m cuda``;
-9. bench_train: ``ln2d bench-train --device cuda``.
+7. parity: ``ln2d parity`` of every export on the provider;
+8. second_timing: ``scripts/crosscheck_cuda.py``, parity and placement a second way;
+9. cuda_tests: ``pytest -m cuda``;
+10. bench_train: ``ln2d bench-train --device cuda``.
 
 The order is the order of value: GPU minutes are few, and ``--budget`` ends the check in time
 (each step's limit is cut to the time left; the steps that no longer fit are recorded as
@@ -32,6 +34,7 @@ bug here. ``make test`` runs the dry run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import random
@@ -53,6 +56,7 @@ class Check:
     work: Path
     dry_run: bool
     deadline: float  # time.monotonic() at which the check must have ended
+    skip: frozenset[str] = frozenset()
 
     @property
     def provider(self) -> str:
@@ -73,6 +77,13 @@ class Check:
 
 def tail(text: str, lines: int = 3) -> str:
     return " | ".join(text.strip().splitlines()[-lines:])
+
+
+def outcome(done: subprocess.CompletedProcess, **found) -> dict:
+    """A command's step result: ok, or failed with the end of what it wrote to stderr."""
+    if done.returncode == 0:
+        return {"status": "ok", **found}
+    return {"status": "failed", "exit": done.returncode, "stderr": tail(done.stderr, 8), **found}
 
 
 def environment(check: Check) -> dict:
@@ -155,8 +166,7 @@ def bench(check: Check) -> dict:
             "--seconds", str(check.seconds), "--json", str(report), "--no-progress"]  # fmt: skip
     args += ["--batch", "1"] if check.dry_run else ["--batch", "1,8,32", "--fp16"]
     done = check.ln2d(*args, timeout=150)
-    status = "ok" if done.returncode == 0 else "failed"
-    return {"status": status, "json": report.name, "table": tail(done.stdout, 40)}
+    return outcome(done, json=report.name, table=tail(done.stdout, 40))
 
 
 def bench_train(check: Check) -> dict:
@@ -164,8 +174,7 @@ def bench_train(check: Check) -> dict:
     done = check.ln2d("bench-train", "--device", check.provider, "--networks", "simple",
                 "--seconds", str(check.seconds), "--no-compile", "--json", str(report),
                 "--no-progress", timeout=120)  # fmt: skip
-    status = "ok" if done.returncode == 0 else "failed"
-    return {"status": status, "json": report.name, "table": tail(done.stdout, 20)}
+    return outcome(done, json=report.name, table=tail(done.stdout, 20))
 
 
 def serve(check: Check) -> dict:
@@ -198,13 +207,58 @@ def serve(check: Check) -> dict:
                 answered = result.summary(200)
                 measured[name] = {**answered, "non_200": len(result.statuses) - answered["count"]}
             rows.append({"concurrency": concurrency, **measured})
+        served = {name: _served(server.url) for name, server in servers.items()}
     finally:
         exits = {name: server.stop() for name, server in servers.items()}
     ok = answer.get("provider") == (
         "CPUExecutionProvider" if check.dry_run else "CUDAExecutionProvider"
     )
     return {"status": "ok" if ok else "failed", "provider": answer.get("provider"),
-            "rows": rows, "exit_codes": exits}  # fmt: skip
+            "rows": rows, "served": served, "exit_codes": exits}  # fmt: skip
+
+
+def _served(url: str) -> dict:
+    """A server's own account of the load (its /metrics): mean images per model run, and mean
+    seconds per stage of a request."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                key = sample.name + "|" + sample.labels.get("stage", "")
+                sums[key] = sums.get(key, 0.0) + sample.value
+    means = {"images_per_run": _mean(sums, "ln2d_batch_size", "")}
+    for stage in ("decode", "queue", "inference", "total"):
+        means[f"{stage}_ms"] = 1e3 * _mean(sums, "ln2d_stage_seconds", stage)
+    return means
+
+
+def _mean(sums: dict[str, float], name: str, stage: str) -> float:
+    count = sums.get(f"{name}_count|{stage}", 0.0)
+    return sums.get(f"{name}_sum|{stage}", 0.0) / count if count else float("nan")
+
+
+def model_run(check: Check) -> dict:
+    """The served model's run (serve.model.Model) per batch size, with IO binding and without,
+    interleaved: what a batch costs on the provider, apart from the server around it."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    from ln2d.export.timing import interleaved
+    from ln2d.serve.model import Model
+
+    path = check.work / f"digits-{'cpu' if check.dry_run else 'cuda'}-fp32.onnx"
+    models = {name: Model(path, check.provider, False, 0, io_binding=name == "bound")
+              for name in ("bound", "plain")}  # fmt: skip
+    sample_shape = models["bound"].info.sample_shape
+    rows = []
+    for size in (1, 2, 8, 32):
+        batch = np.random.default_rng(0).standard_normal((size, *sample_shape)).astype(np.float32)
+        runners = {name: functools.partial(model.run, batch) for name, model in models.items()}
+        rows.append({"batch": size, **interleaved(runners, check.seconds)})
+    return {"status": "ok", "median_ms": rows}
 
 
 def _digit_png() -> bytes:
@@ -219,8 +273,11 @@ def cuda_tests(check: Check) -> dict:
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p",
                            "no:cacheprovider", *files], capture_output=True,
                           text=True, timeout=check.limit(300), cwd=ROOT)  # fmt: skip
-    status = "ok" if done.returncode in (0, 5) else "failed"  # 5: none collected
-    return {"status": status, "summary": tail(done.stdout, 1)}
+    if done.returncode in (0, 5):  # 5: none collected
+        return {"status": "ok", "summary": tail(done.stdout, 1)}
+    failures = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return {"status": "failed", "summary": tail(done.stdout, 1), "failures": failures,
+            "output": tail(done.stdout, 40)}  # fmt: skip
 
 
 def second_timing(check: Check) -> dict:
@@ -230,7 +287,7 @@ def second_timing(check: Check) -> dict:
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "crosscheck_cuda.py"),
                            "--json", str(report)], capture_output=True, text=True,
                           timeout=check.limit(180))  # fmt: skip
-    return {"status": "ok" if done.returncode == 0 else "failed", "summary": tail(done.stdout)}
+    return outcome(done, summary=tail(done.stdout))
 
 
 STEPS: list[tuple[str, Callable[[Check], dict]]] = [
@@ -238,6 +295,7 @@ STEPS: list[tuple[str, Callable[[Check], dict]]] = [
     ("artifacts", artifacts),
     ("provider_without_torch", provider_without_torch),
     ("serve", serve),
+    ("model_run", model_run),
     ("bench", bench),
     ("parity", parity),
     ("second_timing", second_timing),
@@ -252,6 +310,9 @@ def run(check: Check, report: Callable[[dict], None]) -> dict:
     results: dict = {}
     for name, step in STEPS:
         started = time.monotonic()
+        if name in check.skip:
+            results[name] = {"status": "skipped", "reason": "--skip", "seconds": 0.0}
+            continue
         if check.deadline - started < MINIMUM_STEP_SECONDS:
             results[name] = {"status": "skipped", "reason": "out of time", "seconds": 0.0}
             continue
@@ -304,11 +365,20 @@ def main() -> int:
         default=480.0,
         help="seconds the whole check may take (default: 480)",
     )
+    parser.add_argument(
+        "--skip",
+        type=lambda text: set(text.split(",")),
+        default=set(),
+        help="comma list of steps not to run this time (their results were kept from before)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="rehearse on the CPU")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    unknown = args.skip - {name for name, _ in STEPS}
+    if unknown:
+        parser.error(f"--skip: no step named {', '.join(sorted(unknown))}")
     check = Check(args.out, args.work or args.out / "work", args.dry_run,
-                  time.monotonic() + args.budget)  # fmt: skip
+                  time.monotonic() + args.budget, frozenset(args.skip))  # fmt: skip
 
     def write(report: dict) -> None:
         (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2))

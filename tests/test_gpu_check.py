@@ -22,8 +22,8 @@ def test_the_dry_run_runs_every_step_and_writes_its_report(tmp_path):
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     steps = report["steps"]
     assert report["dry_run"] and list(steps) == [
-        "environment", "artifacts", "provider_without_torch", "serve", "bench", "parity",
-        "second_timing", "cuda_tests", "bench_train",
+        "environment", "artifacts", "provider_without_torch", "serve", "model_run", "bench",
+        "parity", "second_timing", "cuda_tests", "bench_train",
     ]  # fmt: skip
     assert {r["status"] for r in steps.values()} <= {"ok", "skipped"}
     assert len(steps["artifacts"]["models"]) == 6  # every target, fp32 and fp16
@@ -32,6 +32,9 @@ def test_the_dry_run_runs_every_step_and_writes_its_report(tmp_path):
     assert torch_free["torch_imported"] is False and "ln2d[serve,gpu]" in torch_free["error"]
     assert [row["concurrency"] for row in steps["serve"]["rows"]] == [1, 8, 32]
     assert all(row[s]["non_200"] == 0 for row in steps["serve"]["rows"] for s in ("gpu", "cpu"))
+    assert [row["batch"] for row in steps["model_run"]["median_ms"]] == [1, 2, 8, 32]
+    assert all(row["bound"] > 0 and row["plain"] > 0 for row in steps["model_run"]["median_ms"])
+    assert {"images_per_run", "inference_ms"} <= set(steps["serve"]["served"]["gpu"])
     assert (tmp_path / "gpu-check.md").read_text().startswith("| step | status |")
 
 
@@ -41,6 +44,6 @@ def test_a_spent_budget_skips_the_steps_and_still_writes_the_report(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     steps = json.loads((tmp_path / "gpu-check.json").read_text())["steps"]
-    assert len(steps) == 9
+    assert len(steps) == 10
     assert {r["status"] for r in steps.values()} == {"skipped"}
     assert {r["reason"] for r in steps.values()} == {"out of time"}
