@@ -62,11 +62,13 @@ class Model:
         threads: int,
         name: str | None = None,
         labels: tuple[str, ...] | None = None,
-        io_binding: bool | None = None,
+        io_binding: bool = False,
     ) -> None:
         """``name`` (a repository's folder name) replaces the metadata's; ``labels`` (its
-        labels.txt) serve a model without ln2d metadata. ``io_binding`` (default: on the GPU)
-        copies each batch to the provider's device once and reads the logits back once."""
+        labels.txt) serve a model without ln2d metadata. ``io_binding`` copies each batch to the
+        provider's device once and reads the logits back once: off by default, because on an
+        H200 it made the digits model's run 7-10 % slower than a plain one (make gpu-check,
+        model_run; docs/benchmarks.md)."""
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         started = time.monotonic()
@@ -77,8 +79,7 @@ class Model:
         info = _info(self.session, path, labels)
         self.info = info if name is None else dataclasses.replace(info, name=name)
         on_gpu = self.provider == PROVIDERS["cuda"]
-        bind = on_gpu if io_binding is None else io_binding
-        self._device = ("cuda" if on_gpu else "cpu") if bind else None
+        self._device = ("cuda" if on_gpu else "cpu") if io_binding else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self._device is not None:

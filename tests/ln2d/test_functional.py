@@ -323,17 +323,21 @@ def test_distributed_data_parallel_gets_the_same_gradients():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and a CUDA torch")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_cuda_matches_the_cpu(layout, dtype):
+def test_cuda_matches_a_float64_reference(layout, dtype):
+    # Against float64, not against the CPU: where ln2d's C kernel is not built, the CPU runs
+    # PyTorch's own bf16 layer norm, whose weight and bias gradients are off by 2-4 %.
     x, weight, bias, dy = inputs((4, 96, 14, 14), seed=10, offset=3.0, layout=layout, dtype=dtype)
-    cpu = forward_and_grads(lambda *a: layer_norm_2d(*a, 1e-6), x, weight, bias, dy)
+    wanted = forward_and_grads(
+        lambda *a: layer_norm_2d(*a, 1e-6), x.double(), weight.double(), bias.double(), dy.double()
+    )
     cuda = forward_and_grads(
         lambda *a: layer_norm_2d(*a, 1e-6), x.cuda(), weight.cuda(), bias.cuda(), dy.cuda()
     )
-    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
-    for on_cpu, on_gpu in zip(cpu, cuda, strict=True):
-        torch.testing.assert_close(
-            on_gpu.cpu().float(), on_cpu.float(), atol=tolerance, rtol=tolerance
-        )
+    # bf16 keeps 8 significant bits: 2^-7 of the largest value is two roundings' worth
+    relative = 1e-5 if dtype == torch.float32 else 2**-7
+    for on_gpu, want in zip(cuda, wanted, strict=True):
+        tolerance = relative * want.abs().max().item()
+        torch.testing.assert_close(on_gpu.cpu().double(), want, atol=tolerance, rtol=0)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
