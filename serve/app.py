@@ -42,12 +42,17 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the 
 
 
 def create_app(
-    settings: Settings, model: Model | None = None, tracer: Tracer | None = None
+    settings: Settings,
+    model: Model | None = None,
+    tracer: Tracer | None = None,
+    warm_before_serving: bool = False,
 ) -> FastAPI:
     """The app for ``settings.model_path``: a repository folder, or a model file (opened here
     unless ``model`` is that file, already open). Raises ModelLoadError for a file that cannot
     be served. ``tracer`` replaces the one the settings ask for (tests record spans in
-    memory)."""
+    memory). Under uvicorn the port is bound while the models warm up, and readiness says
+    when they are done; ``warm_before_serving`` makes startup itself wait for them instead,
+    for hosts whose readiness is the app's startup (a Ray Serve replica)."""
     metrics = Metrics()
     tracer = tracer or _tracer(settings)
     registry = _registry(settings, metrics, model, tracer)
@@ -59,6 +64,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         grpc_server = await grpc_service.start(state) if grpc_service else None
         starting = asyncio.create_task(state.start())
+        if warm_before_serving:
+            await asyncio.shield(starting)
         yield
         state.set_not_ready("shutting down")
         if grpc_server is not None:  # its in-flight calls finish within the drain timeout

@@ -5,6 +5,7 @@ other commands do."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -37,6 +38,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     _add_settings_flags(serve)
     serve.set_defaults(run=run_serve, extra="serve,cpu")
 
+    _add_serve_ray(commands)
+
     predict = commands.add_parser(
         "predict",
         help="classify image files with a running server",
@@ -63,6 +66,39 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     predict.set_defaults(run=run_predict, extra="serve")
     _add_bench_serve(commands)
+
+
+def _add_serve_ray(commands: argparse._SubParsersAction) -> None:
+    ray = commands.add_parser(
+        "serve-ray",
+        help="serve a model on Ray Serve: replicas across a cluster's nodes, autoscaling",
+        description="Deploy the ln2d server for MODEL.onnx or REPO_DIR as a Ray Serve "
+        "application ('ln2d'), one replica per ONNX Runtime session, and serve it at "
+        "--host/--port through Ray's HTTP proxy until SIGINT or SIGTERM, which drain and "
+        "delete it. Without --address it starts a local Ray instance. Each replica reserves "
+        "--threads CPUs (default 1) and, with --provider cuda, one GPU; every path must be "
+        "readable on every node. The server's other options apply to each replica.",
+    )
+    ray.add_argument(
+        "model_path", type=Path, metavar="MODEL.onnx|REPO_DIR", help="on a path every node reads"
+    )
+    ray.add_argument("--replicas", type=int, default=1, help="fixed replica count (default: 1)")
+    ray.add_argument(
+        "--autoscale",
+        metavar="MIN..MAX",
+        help="scale between MIN and MAX replicas on ongoing requests instead of --replicas",
+    )
+    ray.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=8.0,
+        help="autoscaling: requests in flight per replica to aim for (default: 8)",
+    )
+    ray.add_argument(
+        "--address", help="an existing cluster (auto, ray://HOST:10001); default: start one"
+    )
+    _add_settings_flags(ray)
+    ray.set_defaults(run=run_serve_ray, extra="serve,ray,cpu")
 
 
 def _add_bench_serve(commands: argparse._SubParsersAction) -> None:
@@ -130,11 +166,9 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, metavar=name.upper(), help=help_text)
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> Settings:
+    """The flags given, over the environment and the defaults."""
     from pydantic import ValidationError
-
-    from ln2d.serve.model import ModelLoadError
-    from ln2d.serve.server import serve
 
     given = {
         name: value
@@ -142,13 +176,40 @@ def run_serve(args: argparse.Namespace) -> int:
         if (value := getattr(args, name, None)) is not None
     }
     try:
-        settings = Settings(**given)
+        return Settings(**given)
     except ValidationError as exc:
         raise UserError(_validation_message(exc)) from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from ln2d.serve.model import ModelLoadError
+    from ln2d.serve.server import serve
+
+    settings = _settings(args)
     try:
         return 0 if serve(settings) else 1
     except ModelLoadError as exc:
         raise UserError(str(exc)) from None
+
+
+def run_serve_ray(args: argparse.Namespace) -> int:
+    from ln2d.serve.ray_serve import Scaling, serve_until_signalled
+
+    settings = _settings(args)
+    if not settings.model_path.exists():
+        raise UserError(f"model file or folder not found: {settings.model_path}")
+    if settings.grpc_port is not None:
+        raise UserError("--grpc-port: gRPC is not served through Ray's proxy; use HTTP")
+    scaling = Scaling(args.replicas, target_ongoing_requests=args.target_ongoing_requests)
+    if args.autoscale is not None:
+        low, _, high = args.autoscale.partition("..")
+        if not (low.isdigit() and high.isdigit() and 0 < int(low) <= int(high)):
+            raise UserError(f"--autoscale: want MIN..MAX with 0 < MIN <= MAX, not {args.autoscale}")
+        scaling = dataclasses.replace(scaling, minimum=int(low), maximum=int(high))
+    elif args.replicas < 1:
+        raise UserError("--replicas: at least 1")
+    serve_until_signalled(settings, scaling, args.address)
+    return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -191,6 +191,20 @@ class DataPlane:
         ]
         return np.stack(await asyncio.gather(*jobs))
 
+    async def self_test(self) -> None:
+        """Run every ready model version on one blank sample, as a health check that the
+        process and its sessions still work. Raises ApiError (503) when not ready, or an
+        error naming the version whose run failed or gave non-finite logits."""
+        self.check_ready()
+        for served in self.registry.ready_versions():
+            with served:
+                sample = np.zeros((1, *served.model.info.sample_shape), np.float32)
+                logits = await asyncio.get_running_loop().run_in_executor(
+                    None, served.model.run, sample
+                )
+            if not np.isfinite(logits).all():
+                raise RuntimeError(f"{served.name} version {served.version}: non-finite logits")
+
     async def start(self) -> None:
         """Load the models the control mode loads at startup (each warmed up), then be ready."""
         started = time.monotonic()

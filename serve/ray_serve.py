@@ -1,0 +1,150 @@
+"""ln2d on Ray Serve: the server's FastAPI app as the ingress of a deployment whose replicas
+Ray places on a cluster's nodes, scales and replaces.
+
+Each replica is one ln2d app in its own Ray actor, as ``ln2d serve`` is one process: one ONNX
+Runtime session per model, ln2d's own batcher, admission and metrics. Ray's proxy hands it
+requests one by one, so ln2d's batcher forms the batches, as behind uvicorn; ``@serve.batch``
+would batch the same requests a second time (docs/ray.md). A replica counts as started only
+once its models are warmed up, and Ray's health check runs them.
+
+    ln2d serve-ray MODEL --replicas 2        # a local Ray instance, or --address
+    serve run docker/ray/serve-config.yaml   # Ray's own CLI: ``build`` is its import path
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from ln2d.serve.app import create_app
+from ln2d.serve.settings import Settings
+
+APP = DEPLOYMENT = "ln2d"
+HEALTH_CHECK_PERIOD_S = 2.0
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many replicas: a fixed number, or autoscaling between ``minimum`` and ``maximum`` on
+    each replica's ongoing requests (Ray's autoscaling policy)."""
+
+    replicas: int = 1
+    minimum: int | None = None
+    maximum: int | None = None
+    target_ongoing_requests: float = 8.0
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 30.0
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.minimum is not None
+
+    def options(self) -> dict[str, Any]:
+        if not self.autoscaling:
+            return {"num_replicas": self.replicas}
+        return {
+            "autoscaling_config": {
+                "min_replicas": self.minimum,
+                "initial_replicas": self.minimum,
+                "max_replicas": self.maximum,
+                "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s,
+            }
+        }
+
+
+@serve.ingress()
+class Replica:
+    """One ln2d app. ``settings`` are Settings fields (JSON values: they travel to the node)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self._app = create_app(Settings(**settings), warm_before_serving=True)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return self._app
+
+    async def check_health(self) -> None:
+        """Ray's health check: every loaded model runs, not just the process."""
+        await self._app.state.ln2d.self_test()
+
+
+def actor_options(settings: Settings) -> dict[str, Any]:
+    """What Ray reserves for a replica: the CPUs its inference threads use (the replica's
+    sessions are given exactly that many), and a GPU for the CUDA provider."""
+    options: dict[str, Any] = {"num_cpus": settings.threads}
+    if settings.provider == "cuda":
+        options["num_gpus"] = 1
+    return options
+
+
+def application(settings: Settings, scaling: Scaling) -> Application:
+    """The deployment of ``settings``' model with ``scaling``, ready for ``serve.run``."""
+    if not settings.threads:  # a replica must not size itself by the whole node
+        settings = settings.model_copy(update={"threads": 1})
+    fields = settings.model_dump(mode="json", exclude_none=True)
+    fields["token"] = settings.token.get_secret_value() if settings.token else None
+    deployment = serve.deployment(Replica).options(
+        name=DEPLOYMENT,
+        ray_actor_options=actor_options(settings),
+        # Enough for a full batch waiting while another runs; beyond it Ray's router queues
+        # and can send the request to another replica, where ln2d would refuse it with a 503.
+        max_ongoing_requests=2 * settings.max_batch,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
+        graceful_shutdown_timeout_s=settings.drain_timeout_s,
+        **scaling.options(),
+    )
+    return deployment.bind({k: v for k, v in fields.items() if v is not None})
+
+
+def build(args: dict[str, Any]) -> Application:
+    """The application builder that a Serve config's ``import_path`` names
+    (``ln2d.serve.ray_serve:build``): ``args`` holds Settings fields, plus ``replicas`` or
+    ``min_replicas``/``max_replicas`` and the other Scaling fields."""
+    args = dict(args)
+    minimum, maximum = args.pop("min_replicas", None), args.pop("max_replicas", None)
+    scaling_fields = {
+        name: args.pop(name)
+        for name in ("replicas", "target_ongoing_requests", "upscale_delay_s", "downscale_delay_s")
+        if name in args
+    }
+    scaling = Scaling(minimum=minimum, maximum=maximum, **scaling_fields)
+    return application(Settings(**args), scaling)
+
+
+def start(settings: Settings, scaling: Scaling, address: str | None = None) -> str:
+    """Connect to the cluster at ``address`` (None: RAY_ADDRESS, else a new local instance),
+    start Serve's HTTP proxy at the settings' host and port on the head node, and deploy;
+    returns once every replica has warmed up, with the URL."""
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    serve.start(
+        proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.port}
+    )
+    serve.run(application(settings, scaling), name=APP, route_prefix="/")
+    return f"http://{settings.host}:{settings.port}"
+
+
+def stop() -> None:
+    """Delete the application: Ray stops routing to its replicas, and each drains the requests
+    it holds (up to ``drain_timeout_s``) before it exits."""
+    serve.delete(APP)
+
+
+def serve_until_signalled(settings: Settings, scaling: Scaling, address: str | None) -> None:
+    url = start(settings, scaling, address)
+    print(f"ln2d serve-ray: serving at {url} (SIGINT or SIGTERM to stop)", file=sys.stderr)
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    stopping.wait()
+    stop()
+    ray.shutdown()

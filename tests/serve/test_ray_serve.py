@@ -1,0 +1,319 @@
+"""ln2d on Ray Serve (``ln2d.serve.ray_serve``), on a real Ray cluster on this machine: a head
+node and two worker nodes, each its own set of processes, as Ray's own tests start them; the
+replicas on the workers, Ray's HTTP proxy on the head, clients on loopback."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'ln2d[ray]'")
+from ray import serve  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+from ray.util.state import list_actors  # noqa: E402
+
+from ln2d.serve.ray_serve import DEPLOYMENT, Scaling, start, stop  # noqa: E402
+from ln2d.serve.settings import Settings  # noqa: E402
+from ln2d.serve.tools.launcher import ServerProcess  # noqa: E402
+from tests.images import digit, png  # noqa: E402
+from tests.tiny_models import classifier  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+from tests.helpers import ROOT  # noqa: E402
+
+PNG = png(digit(3)[0])
+SERVE_CONFIG = ROOT / "docker" / "ray" / "serve-config.yaml"
+PNG_HEADERS = {"content-type": "image/png"}
+
+
+@dataclass
+class RayCluster:
+    cluster: Cluster
+    workers: list
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def deploy(self, model: Path, scaling: Scaling, **settings) -> str:
+        fields = {"access_log": False, "max_batch": 8, **settings}
+        return start(Settings(model_path=model, port=self.port, **fields), scaling)
+
+    def replica_nodes(self) -> list[str]:
+        replicas = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        return [a.node_id for a in replicas if a.class_name.startswith("ServeReplica:")]
+
+    def running_replicas(self) -> int:
+        status = serve.status().applications.get(DEPLOYMENT)
+        if status is None:
+            return 0
+        replicas = status.deployments[DEPLOYMENT].replica_states
+        return replicas.get("RUNNING", 0)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    port = free_port()
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield RayCluster(cluster, workers, port)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str) -> float:
+    """Seconds until ``condition()`` held (polled), failing after ``timeout``."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"timed out after {timeout} s: {what}"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+@dataclass
+class Outcome:
+    start: float
+    seconds: float
+    status: int | str  # "error": the connection failed
+    body: bytes
+
+
+@dataclass
+class Clients:
+    """``concurrency`` threads posting ``body`` to ``url`` until the block ends; an answer that
+    ``retry`` accepts is retried once, as a client of a load-balanced service does."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    concurrency: int
+    retry: Callable[[int | str, bytes], bool] = lambda status, body: False
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop) for _ in range(self.concurrency)]
+
+    def __enter__(self) -> Clients:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _loop(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                status, body = self._post(client)
+                if self.retry(status, body):
+                    status, body = self._post(client)
+                self.outcomes.append(Outcome(started, time.monotonic() - started, status, body))
+
+    def _post(self, client: httpx.Client) -> tuple[int | str, bytes]:
+        try:
+            answer = client.post(self.url, content=self.body, headers=self.headers)
+        except httpx.TransportError as error:
+            return "error", str(error).encode()
+        return answer.status_code, answer.content
+
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status != 200]
+
+
+def test_replicas_spread_over_the_workers_and_answer_as_ln2d_serve(cluster, digits_onnx):
+    cluster.deploy(digits_onnx, Scaling(replicas=2))
+    assert sorted(cluster.replica_nodes()) == sorted(w.node_id for w in cluster.workers)
+    with ServerProcess(digits_onnx, ["--no-access-log", "--max-batch", "8"]) as plain:
+        for path, body, headers in [
+            ("/v1/classify", PNG, PNG_HEADERS),
+            ("/v1/classify", b"not an image", PNG_HEADERS),
+            ("/v2/models/ln2d-layernorm2d/infer", b"{}", {"content-type": "application/json"}),
+        ]:
+            ours = httpx.post(cluster.url + path, content=body, headers=headers)
+            theirs = httpx.post(plain.url + path, content=body, headers=headers)
+            assert ours.status_code == theirs.status_code
+            assert _without_timings(ours.json()) == _without_timings(theirs.json())
+        for path in ("/v2/models/ln2d-layernorm2d", "/v2/health/ready"):
+            assert httpx.get(cluster.url + path).json() == httpx.get(plain.url + path).json()
+        described = [
+            httpx.get(url + "/v1/models").json()["models"] for url in (cluster.url, plain.url)
+        ]
+        same = ("name", "version", "labels", "input", "provider", "precision")
+        assert [[{k: m[k] for k in same} for m in models] for models in described] == [
+            [{k: m[k] for k in same} for m in described[1]]
+        ] * 2  # threads, memory and load times are each server's own
+        import tritonclient.http as triton
+
+        x = np.random.default_rng(0).standard_normal((3, 1, 16, 16)).astype(np.float32)
+        answers = []
+        for url in (cluster.url, plain.url):
+            client = triton.InferenceServerClient(url.removeprefix("http://"))
+            tensor = triton.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=True)
+            wanted = triton.InferRequestedOutput("logits", binary_data=True)
+            answers.append(client.infer("ln2d-layernorm2d", [tensor], outputs=[wanted]))
+        ours, theirs = (a.as_numpy("logits") for a in answers)
+        assert ours.tobytes() == theirs.tobytes()  # bit for bit
+    page = httpx.get(cluster.url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    metrics = httpx.get(cluster.url + "/metrics")
+    assert metrics.status_code == 200 and "ln2d_requests_total" in metrics.text
+
+
+def _without_timings(answer: dict) -> dict:
+    return {k: v for k, v in answer.items() if k not in ("timings_ms", "id")}
+
+
+def unavailable(status: int | str, body: bytes) -> bool:
+    """A 503 or a connection error: what a client retries."""
+    return status in (503, "error")
+
+
+def unavailable_or_lost_by_ray(status: int | str, body: bytes) -> bool:
+    """Also Ray's proxy's own 500 (plain text, where ln2d's errors are JSON): what it answers
+    for a request whose replica died under it (RayActorError, ray/serve/_private/http_util.py)."""
+    return unavailable(status, body) or (status == 500 and not body.startswith(b"{"))
+
+
+def test_a_worker_node_lost_under_load(cluster, digits_onnx):
+    """Concurrency 16 for 30 s: 5 clients that never retry, 6 that retry a 503 or a connection
+    error once, 5 that also retry Ray's own 500. After 10 s one worker node's processes are
+    killed, and its replica comes back on the other."""
+    cluster.deploy(digits_onnx, Scaling(replicas=2))
+    url = cluster.url + "/v1/classify"
+    never = Clients(url, PNG, PNG_HEADERS, 5)
+    on_503 = Clients(url, PNG, PNG_HEADERS, 6, retry=unavailable)
+    on_ray_500 = Clients(url, PNG, PNG_HEADERS, 5, retry=unavailable_or_lost_by_ray)
+    readiness: list[int] = []
+    with never, on_503, on_ray_500:
+        time.sleep(10)  # the protocol: ten seconds of steady load before the loss
+        lost = cluster.workers.pop(0)
+        killed_at = time.monotonic()
+        cluster.cluster.remove_node(lost, allow_graceful=False)
+        recovered = wait_until(
+            lambda: cluster.running_replicas() == 2 and lost.node_id not in cluster.replica_nodes(),
+            timeout=60,
+            what="two replicas running again on the surviving node",
+        )
+        while time.monotonic() < killed_at + 20:
+            readiness.append(httpx.get(cluster.url + "/v2/health/ready", timeout=30).status_code)
+            time.sleep(0.5)
+    cluster.workers.append(cluster.cluster.add_node(num_cpus=2))  # for the tests that follow
+    groups = {"never": never, "on 503": on_503, "on Ray's 500 too": on_ray_500}
+    counts = ", ".join(
+        f"{name}: {len(c.failed())} of {len(c.outcomes)} failed "
+        f"{sorted({str(o.status) for o in c.failed()})}"
+        for name, c in groups.items()
+    )
+    print(f"node lost: retrying {counts}; replicas back after {recovered:.1f} s")
+    assert len(on_ray_500.failed()) == 0
+    # Ray's 500 is the only failure: those retrying 503s fail no more than Ray's 500s
+    assert {o.status for c in groups.values() for o in c.failed()} <= {500}
+    assert recovered < 60
+    assert set(readiness) == {200}  # a replica was always there to say so
+
+
+def test_autoscaling_grows_under_load_and_shrinks_after(cluster, digits_onnx):
+    scaling = Scaling(
+        minimum=1, maximum=2, target_ongoing_requests=2, upscale_delay_s=1, downscale_delay_s=3
+    )
+    cluster.deploy(digits_onnx, scaling)
+    assert wait_until(lambda: cluster.running_replicas() == 1, 60, "one replica") >= 0
+    with Clients(cluster.url + "/v1/classify", PNG, PNG_HEADERS, 16) as clients:
+        grew = wait_until(lambda: cluster.running_replicas() == 2, 90, "a second replica")
+    shrank = wait_until(lambda: cluster.running_replicas() == 1, 90, "back to one replica")
+    print(f"autoscaling: 1 -> 2 replicas {grew:.1f} s into the load, 2 -> 1 {shrank:.1f} s after")
+    assert not clients.failed()
+
+
+def test_a_rolling_update_to_a_new_model_file_fails_no_request(cluster, tmp_path):
+    old, new = tmp_path / "old" / "model.onnx", tmp_path / "new" / "model.onnx"
+    for path, seed in ((old, 1), (new, 2)):
+        path.parent.mkdir()
+        onnx.save(classifier(seed=seed), str(path))
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    tensor = {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32"}
+    body = json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode()
+    cluster.deploy(old, Scaling(replicas=2))
+    name = httpx.get(cluster.url + "/v1/models").json()["models"][0]["name"]
+    url = cluster.url + f"/v2/models/{name}/infer"
+    with Clients(url, body, {"content-type": "application/json"}, 8) as clients:
+        wait_until(lambda: len(clients.outcomes) >= 50, 30, "answers from the old model")
+        updated_at = time.monotonic()
+        cluster.deploy(new, Scaling(replicas=2))  # returns once the new replicas serve
+        done_at = time.monotonic()
+        wait_until(lambda: any(o.start > done_at for o in clients.outcomes), 30, "answers after it")
+    assert not clients.failed(), clients.failed()[:3]
+    answers = {}
+    for outcome in clients.outcomes:
+        data = json.loads(outcome.body)["outputs"][0]["data"]
+        answers.setdefault(tuple(np.round(data, 5)), []).append(outcome.start)
+    assert len(answers) == 2  # the old model's logits, then the new one's
+    before, after = sorted(answers.values(), key=min)
+    assert max(before) < done_at and min(after) > updated_at
+    print(f"rolling update: {len(clients.outcomes)} answers, none failed")
+
+
+def test_the_serve_config_file_deploys_on_the_cluster(cluster, digits_onnx):
+    """docker/ray/serve-config.yaml's application, as ``serve run`` builds it, with this
+    test's model for its model path."""
+    (app,) = yaml.safe_load(SERVE_CONFIG.read_text())["applications"]
+    module, _, builder = app["import_path"].partition(":")
+    args = {**app["args"], "model_path": str(digits_onnx)}
+    built = getattr(importlib.import_module(module), builder)(args)
+    serve.run(built, name=app["name"], route_prefix=app["route_prefix"])
+    answer = httpx.post(cluster.url + "/v1/classify", content=PNG, headers=PNG_HEADERS)
+    assert answer.status_code == 200 and answer.json()["predictions"][0][0]["label"] == "3"
+    assert app["args"]["min_replicas"] <= cluster.running_replicas() <= app["args"]["max_replicas"]
+
+
+def test_deleting_the_application_drains_the_requests_in_flight(cluster, digits_onnx):
+    cluster.deploy(digits_onnx, Scaling(replicas=1), max_delay_ms=1000, max_batch=64)
+    url = cluster.url + "/v1/classify"
+    with Clients(url, PNG, PNG_HEADERS, 4) as clients:
+        # the first request runs alone; the next ones wait in the 1 s batch window
+        wait_until(lambda: _queued(cluster.url) >= 2, 30, "requests waiting for a batch")
+        stop()
+    answered = [o.status for o in clients.outcomes]
+    assert answered.count(200) >= 3 and set(answered) - {200} <= {404}, answered
+    assert httpx.get(cluster.url + "/v2/health/ready").status_code == 404  # no such route now
+
+
+def _queued(url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "ln2d_queue_depth":
+            return sum(s.value for s in family.samples)
+    return 0.0
