@@ -4,8 +4,8 @@ Ray places on a cluster's nodes, scales and replaces.
 Each replica is one ln2d app in its own Ray actor, as ``ln2d serve`` is one process: one ONNX
 Runtime session per model, ln2d's own batcher, admission and metrics. Ray's proxy hands it
 requests one by one, so ln2d's batcher forms the batches, as behind uvicorn; ``@serve.batch``
-would batch the same requests a second time (docs/ray.md). A replica counts as started only
-once its models are warmed up, and Ray's health check runs them.
+would batch the same requests a second time (docs/deployment.md, "Ray Serve"). A replica
+counts as started only once its models are warmed up, and Ray's health check runs them.
 
     ln2d serve-ray MODEL --replicas 2        # a local Ray instance, or --address
     serve run docker/ray/serve-config.yaml   # Ray's own CLI: ``build`` is its import path

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +35,7 @@ from tests.tiny_models import classifier  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-from tests.helpers import ROOT  # noqa: E402
+from tests.helpers import ROOT, run_cli  # noqa: E402
 
 PNG = png(digit(3)[0])
 SERVE_CONFIG = ROOT / "docker" / "ray" / "serve-config.yaml"
@@ -317,3 +320,41 @@ def _queued(url: str) -> float:
         if family.name == "ln2d_queue_depth":
             return sum(s.value for s in family.samples)
     return 0.0
+
+
+def test_the_command_serves_until_sigterm_then_drains_and_deletes(cluster, digits_onnx):
+    command = [sys.executable, "-m", "ln2d", "serve-ray", str(digits_onnx), "--replicas", "1",
+               "--address", cluster.cluster.address, "--port", str(cluster.port),
+               "--no-access-log"]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in process.stderr:  # it says so once every replica has warmed up
+            lines.append(line)
+            if "serving at" in line:
+                break
+        assert f"serving at http://127.0.0.1:{cluster.port}" in lines[-1], "".join(lines[-20:])
+        answer = httpx.post(cluster.url + "/v1/classify", content=PNG, headers=PNG_HEADERS)
+        assert answer.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    assert httpx.get(cluster.url + "/v2/health/ready").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["/nonexistent.onnx"], "model file or folder not found"),
+        (["MODEL", "--autoscale", "3..1"], "--autoscale: want MIN..MAX"),
+        (["MODEL", "--replicas", "0"], "--replicas: at least 1"),
+        (["MODEL", "--grpc-port", "8001"], "gRPC is not served through Ray's proxy"),
+    ],
+)
+def test_serve_ray_refuses_bad_flags_in_one_line(digits_onnx, args, message):
+    args = [str(digits_onnx) if a == "MODEL" else a for a in args]
+    done = run_cli("serve-ray", *args)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("ln2d serve-ray: error: ") and message in line
