@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import sys
 from pathlib import Path
 
@@ -24,14 +23,8 @@ from ln2d.serve.model import Model
 from ln2d.serve.ray_serve import Scaling, start
 from ln2d.serve.settings import Settings
 from ln2d.serve.tools.bench_serve import _v2_request
-from ln2d.serve.tools.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess, free_port
 from ln2d.serve.tools.loadgen import run_load
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def measure(target: tuple[str, int], request: bytes, concurrency: int, seconds: float) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from ray.util.state import list_actors  # noqa: E402
 
 from ln2d.serve.ray_serve import DEPLOYMENT, Scaling, start, stop  # noqa: E402
 from ln2d.serve.settings import Settings  # noqa: E402
-from ln2d.serve.tools.launcher import ServerProcess  # noqa: E402
+from ln2d.serve.tools.launcher import ServerProcess, free_port  # noqa: E402
 from tests.images import digit, png  # noqa: E402
 from tests.tiny_models import classifier  # noqa: E402
 
@@ -82,12 +81,6 @@ def cluster():
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until(condition, timeout: float, what: str) -> float:
