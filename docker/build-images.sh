@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds both images with buildah (no daemon) and reports their sizes and build times:
+# Builds the three images with buildah (no daemon) and reports their sizes and build times:
 #   ln2d-serve:test       docker/Dockerfile, on python:3.11-slim-bookworm
+#   ln2d-serve:ray-test   the same with the ray extra (EXTRAS=serve,ray,cpu): the image
+#                         KubeRay runs as Ray's head and workers (docker/kubernetes-ray)
 #   ln2d-serve:gpu-test   docker/Dockerfile.gpu's own steps, on that same base instead of the
 #                         CUDA runtime, which no registry here serves: everything but the
 #                         CUDA libraries is built and checked
@@ -35,11 +37,13 @@ build() {  # tag dockerfile [build args...]
 docker/stand-in-base.sh >&2
 cpu_seconds=$(build ln2d-serve:test docker/Dockerfile)
 gpu_seconds=$(build ln2d-serve:gpu-test docker/Dockerfile.gpu --build-arg CUDA_BASE="$BASE")
+ray_seconds=$(build ln2d-serve:ray-test docker/Dockerfile --build-arg EXTRAS=serve,ray,cpu)
 
 mkdir -p "$(dirname "$REPORT")"
 python3 - "$REPORT" "$(layers_of "$BASE")" \
     ln2d-serve:test "$(layers_of ln2d-serve:test)" "$cpu_seconds" \
-    ln2d-serve:gpu-test "$(layers_of ln2d-serve:gpu-test)" "$gpu_seconds" <<'PY'
+    ln2d-serve:gpu-test "$(layers_of ln2d-serve:gpu-test)" "$gpu_seconds" \
+    ln2d-serve:ray-test "$(layers_of ln2d-serve:ray-test)" "$ray_seconds" <<'PY'
 import json, sys
 
 def layers(text):

@@ -8,9 +8,10 @@ or runs out of time is recorded, and the next one runs):
 2. artifacts: the digits model trained, and exported for every target, fp32 and fp16;
 3. provider_without_torch: a CUDA session opened in a process that never imports torch, as
    ``ln2d serve`` does: the active provider, or the loader's reason it did not come up;
-4. serve: ``ln2d serve --provider cuda`` beside ``--provider cpu`` on the same model: a real
-   classify request, then v2 binary at concurrency 1/8/32, in a random order, and each
-   server's own batch sizes and inference times (its /metrics);
+4. serve: ``ln2d serve --provider cuda`` beside ``--provider cpu`` and beside the CUDA server
+   with ``--max-batch 1``, on the same model: a real classify request, then v2 binary at
+   concurrency 1/8/32, in a random order, and each server's own batch sizes and stage times
+   (its /metrics);
 5. model_run: the served model's run alone per batch size, IO binding on and off;
 6. bench: ``ln2d bench --providers cuda --fp16``, the bench networks at batch 1/8/32, beside
    PyTorch eager on the same GPU;
@@ -192,7 +193,12 @@ def serve(check: Check) -> dict:
     servers = {
         "gpu": ServerProcess(model, ["--no-access-log", "--provider", check.provider]),
         "cpu": ServerProcess(model, ["--no-access-log", "--provider", "cpu"]),
+        # Batches of one: whether batching is where the GPU server loses its time (2026-12-04)
+        "gpu_unbatched": ServerProcess(
+            model, ["--no-access-log", "--provider", check.provider, "--max-batch", "1"]
+        ),
     }
+    seconds = 4 * check.seconds  # 2 s a point on the GPU: 0.5 s gave rough figures
     try:
         png = _digit_png()
         answer = httpx.post(f"{servers['gpu'].url}/v1/classify", content=png,
@@ -200,10 +206,10 @@ def serve(check: Check) -> dict:
         rows = []
         for concurrency in (1, 8, 32):
             measured = {}
-            for name in random.sample(list(servers), 2):
+            for name in random.sample(list(servers), len(servers)):
                 server = servers[name]
-                run_load(server.host, server.port, request, concurrency, check.seconds / 2)
-                result = run_load(server.host, server.port, request, concurrency, check.seconds)
+                run_load(server.host, server.port, request, concurrency, seconds / 4)
+                result = run_load(server.host, server.port, request, concurrency, seconds)
                 answered = result.summary(200)
                 measured[name] = {**answered, "non_200": len(result.statuses) - answered["count"]}
             rows.append({"concurrency": concurrency, **measured})
@@ -338,12 +344,14 @@ def markdown(report: dict) -> str:
     if serve_rows:
         lines += [
             "",
-            "| concurrency | GPU server req/s | CPU server req/s | GPU p99 ms | CPU p99 ms |",
-            "|---:|---:|---:|---:|---:|",
+            "| concurrency | GPU server req/s | CPU server req/s | GPU, batches of 1, req/s "
+            "| GPU p99 ms | CPU p99 ms |",
+            "|---:|---:|---:|---:|---:|---:|",
         ]
         for row in serve_rows:
-            gpu, cpu = row["gpu"], row["cpu"]
-            lines.append(f"| {row['concurrency']} | {gpu['per_s']:,.0f} | {cpu['per_s']:,.0f} | "
+            gpu, cpu, alone = row["gpu"], row["cpu"], row["gpu_unbatched"]
+            rates = " | ".join(f"{server['per_s']:,.0f}" for server in (gpu, cpu, alone))
+            lines.append(f"| {row['concurrency']} | {rates} | "
                          f"{gpu['p99_ms']:.1f} | {cpu['p99_ms']:.1f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 

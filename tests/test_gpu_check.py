@@ -31,7 +31,8 @@ def test_the_dry_run_runs_every_step_and_writes_its_report(tmp_path):
     torch_free = steps["provider_without_torch"]
     assert torch_free["torch_imported"] is False and "ln2d[serve,gpu]" in torch_free["error"]
     assert [row["concurrency"] for row in steps["serve"]["rows"]] == [1, 8, 32]
-    assert all(row[s]["non_200"] == 0 for row in steps["serve"]["rows"] for s in ("gpu", "cpu"))
+    servers = ("gpu", "cpu", "gpu_unbatched")
+    assert all(row[s]["non_200"] == 0 for row in steps["serve"]["rows"] for s in servers)
     assert [row["batch"] for row in steps["model_run"]["median_ms"]] == [1, 2, 8, 32]
     assert all(row["bound"] > 0 and row["plain"] > 0 for row in steps["model_run"]["median_ms"])
     assert {"images_per_run", "inference_ms"} <= set(steps["serve"]["served"]["gpu"])

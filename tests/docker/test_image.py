@@ -25,13 +25,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from ln2d.serve.tools.launcher import ServerProcess
+from ln2d.serve.tools.launcher import ServerProcess, free_port
 from tests.helpers import DOCKERFILES, ROOT, image_command, run_cli
 from tests.images import digit, encode, png
 
 pytestmark = pytest.mark.image
 
 IMAGE = os.environ.get("LN2D_TEST_IMAGE", "ln2d-serve:test")
+RAY_IMAGE = os.environ.get("LN2D_TEST_RAY_IMAGE", "ln2d-serve:ray-test")
 BUILDAH = ["buildah", "--storage-driver", os.environ.get("STORAGE_DRIVER", "vfs")]
 
 
@@ -45,13 +46,12 @@ class ImageConfig:
     healthcheck: list[str]
 
 
-@pytest.fixture(scope="module")
-def config() -> ImageConfig:
+def image_config(image: str) -> ImageConfig:
     found = subprocess.run(
-        [*BUILDAH, "inspect", "--type", "image", IMAGE], capture_output=True, text=True
+        [*BUILDAH, "inspect", "--type", "image", image], capture_output=True, text=True
     )
     if found.returncode != 0:
-        pytest.fail(f"no image {IMAGE}: run `make image` first ({found.stderr.strip()})")
+        pytest.fail(f"no image {image}: run `make image` first ({found.stderr.strip()})")
     docker = json.loads(found.stdout)["Docker"]["config"]
     return ImageConfig(
         user=docker["User"],
@@ -63,10 +63,15 @@ def config() -> ImageConfig:
     )
 
 
+@pytest.fixture(scope="module")
+def config() -> ImageConfig:
+    return image_config(IMAGE)
+
+
 @contextmanager
-def container() -> Iterator[str]:
+def container(image: str = IMAGE) -> Iterator[str]:
     name = subprocess.run(
-        [*BUILDAH, "from", IMAGE], capture_output=True, text=True, check=True
+        [*BUILDAH, "from", image], capture_output=True, text=True, check=True
     ).stdout.strip()
     try:
         yield name
@@ -103,14 +108,6 @@ def run_in(
         "--",
         *command,
     ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def descendant(pid: int, command: list[str]) -> int:
@@ -281,3 +278,51 @@ def test_the_image_config_is_what_the_dockerfile_and_the_manifests_say(config):
     endpoint = traced["environment"]["LN2D_OTLP_ENDPOINT"]
     assert endpoint.startswith("http://jaeger:4318/") and "jaeger" in services
     assert grace > float(config.env["LN2D_DRAIN_TIMEOUT_S"])
+
+
+def test_the_ray_image_joins_a_cluster_as_a_worker_and_serves_the_replica():
+    """As KubeRay runs it: ``ray start`` in the image joins a head (here Ray's on this
+    machine, with no CPUs, so the replica can only run in the container), and the replica
+    serves the model baked into the image."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    from ray import serve
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
+
+    from ln2d.serve.ray_serve import Scaling, start
+    from ln2d.serve.settings import Settings
+
+    config = image_config(RAY_IMAGE)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    ray.init(address=cluster.address, log_to_driver=False)
+    # The head runs this checkout's Python; the image its own patch release of 3.11.
+    join = ["ray", "start", "--address", cluster.address, "--num-cpus", "1", "--block"]
+    minor = {"RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL": "minor"}
+    try:
+        with container(RAY_IMAGE) as name:
+            worker = subprocess.Popen(run_in(name, config, minor, join))
+            try:
+                deadline = time.monotonic() + 120
+                while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+                    assert worker.poll() is None, "ray start failed in the image"
+                    assert time.monotonic() < deadline, "the image never joined the cluster"
+                    time.sleep(0.2)
+                port = free_port()
+                serve.start(
+                    proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port}
+                )
+                settings = Settings(model_path="/models/model.onnx", port=port, access_log=False)
+                url = start(settings, Scaling(replicas=1))
+                _classifies_png_and_jpeg_and_answers_v2(url)
+                (replica,) = [
+                    a for a in list_actors(filters=[("state", "=", "ALIVE")])
+                    if a.class_name.startswith("ServeReplica:")
+                ]  # fmt: skip
+                assert replica.node_id != cluster.head_node.node_id  # in the container
+                serve.shutdown()
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(60)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -313,6 +313,9 @@ def test_distributed_data_parallel_gets_the_same_gradients():
     try:
         ddp = nn.parallel.DistributedDataParallel(net)
         ddp(x).square().mean().backward()  # the reducer's hooks fire on every parameter
+        # The reducer holds the process group: freed after the group is destroyed, its
+        # destructor can wait forever on the group's threads (it hung a CI run once).
+        del ddp
     finally:
         dist.destroy_process_group()
     for p, grad in zip(net.parameters(), expected, strict=True):

@@ -129,3 +129,33 @@ def test_io_binding_gives_the_logits_of_a_plain_run(model_path):
     batch = np.random.default_rng(5).standard_normal((3, 1, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(bound.run(batch), plain.run(batch))
     assert plain.run(batch[:1]).shape == bound.run(batch[:1]).shape == (1, 10)
+
+
+def test_warm_before_serving_is_ready_at_startup_and_the_self_test_runs_the_model(
+    model_path, tmp_path
+):
+    """What a Ray Serve replica uses: startup waits for the warm-up, and its health check
+    (``self_test``) runs every loaded model, failing on non-finite logits or when not ready."""
+    from ln2d.serve.errors import ApiError
+
+    broken = classifier()
+    weights = next(i for i in broken.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    values = onnx.numpy_helper.to_array(weights).copy()
+    values.fill(np.nan)
+    weights.CopyFrom(onnx.numpy_helper.from_array(values, weights.name))
+    nan_path = tmp_path / "nan.onnx"
+    onnx.save(broken, str(nan_path))
+    for path, healthy in ((model_path, True), (nan_path, False)):
+        settings = Settings(model_path=path, max_batch=4, access_log=False)
+        app = create_app(settings, warm_before_serving=True)
+        with TestClient(app) as http:
+            assert http.get("/v2/health/ready").status_code == 200  # no polling: already warm
+            state = app.state.ln2d
+            if healthy:
+                http.portal.call(state.self_test)
+                state.set_not_ready("draining")
+                with pytest.raises(ApiError, match="not ready: draining"):
+                    http.portal.call(state.self_test)
+            else:
+                with pytest.raises(RuntimeError, match="non-finite logits"):
+                    http.portal.call(state.self_test)

@@ -239,6 +239,29 @@ def test_a_worker_node_lost_under_load(cluster, digits_onnx):
     assert set(readiness) == {200}  # a replica was always there to say so
 
 
+def test_readiness_is_not_200_while_no_replica_runs(cluster, digits_onnx):
+    """One replica, whose node is killed: until Ray runs it again on the other node, readiness
+    probes (2 s timeout, as a Kubernetes probe has) do not answer 200."""
+    cluster.deploy(digits_onnx, Scaling(replicas=1))
+    wait_until(lambda: len(cluster.replica_nodes()) == 1, 60, "one replica left")
+    (node,) = cluster.replica_nodes()
+    lost = next(w for w in cluster.workers if w.node_id == node)
+    cluster.workers.remove(lost)
+    cluster.cluster.remove_node(lost, allow_graceful=False)
+    killed_at = time.monotonic()
+    probes: list[tuple[float, int | str]] = []
+    while not probes or probes[-1][1] != 200:
+        assert time.monotonic() - killed_at < 90, f"no replica came back: {probes}"
+        try:
+            status = httpx.get(cluster.url + "/v2/health/ready", timeout=2).status_code
+        except httpx.TimeoutException:
+            status = "timeout"
+        probes.append((round(time.monotonic() - killed_at, 1), status))
+    cluster.workers.append(cluster.cluster.add_node(num_cpus=2))
+    print(f"readiness without a replica: {probes}")
+    assert probes[0][1] != 200 and len(probes) > 1
+
+
 def test_autoscaling_grows_under_load_and_shrinks_after(cluster, digits_onnx):
     scaling = Scaling(
         minimum=1, maximum=2, target_ongoing_requests=2, upscale_delay_s=1, downscale_delay_s=3
