@@ -24,6 +24,7 @@ import yaml
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'ln2d[ray]'")
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
 
 from ln2d.serve.ray_serve import DEPLOYMENT, Scaling, start, stop  # noqa: E402
@@ -239,27 +240,46 @@ def test_a_worker_node_lost_under_load(cluster, digits_onnx):
     assert set(readiness) == {200}  # a replica was always there to say so
 
 
+@ray.remote(num_cpus=2)
+class Hold:
+    """Takes a worker node's two CPUs, so that no replica can run there."""
+
+    def ready(self) -> bool:
+        return True
+
+
 def test_readiness_is_not_200_while_no_replica_runs(cluster, digits_onnx):
-    """One replica, whose node is killed: until Ray runs it again on the other node, readiness
-    probes (2 s timeout, as a Kubernetes probe has) do not answer 200."""
+    """One replica, whose node is killed while the other worker's CPUs are taken: no replica
+    can run, and readiness probes (2 s timeout, as a Kubernetes probe has) do not answer 200
+    until the CPUs are free and the replica runs again."""
     cluster.deploy(digits_onnx, Scaling(replicas=1))
     wait_until(lambda: len(cluster.replica_nodes()) == 1, 60, "one replica left")
     (node,) = cluster.replica_nodes()
     lost = next(w for w in cluster.workers if w.node_id == node)
+    other = next(w for w in cluster.workers if w.node_id != node)
+    pinned = NodeAffinitySchedulingStrategy(other.node_id, soft=False)
+    hold = Hold.options(scheduling_strategy=pinned).remote()
+    ray.get(hold.ready.remote())
     cluster.workers.remove(lost)
     cluster.cluster.remove_node(lost, allow_graceful=False)
-    killed_at = time.monotonic()
-    probes: list[tuple[float, int | str]] = []
-    while not probes or probes[-1][1] != 200:
-        assert time.monotonic() - killed_at < 90, f"no replica came back: {probes}"
-        try:
-            status = httpx.get(cluster.url + "/v2/health/ready", timeout=2).status_code
-        except httpx.TimeoutException:
-            status = "timeout"
-        probes.append((round(time.monotonic() - killed_at, 1), status))
+    wait_until(
+        lambda: not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == lost.node_id),
+        60,
+        "the lost node declared dead",
+    )
+    probes = [_probe(cluster.url) for _ in range(5)]
+    ray.kill(hold)
+    back = wait_until(lambda: _probe(cluster.url) == 200, 90, "ready again once a replica runs")
     cluster.workers.append(cluster.cluster.add_node(num_cpus=2))
-    print(f"readiness without a replica: {probes}")
-    assert probes[0][1] != 200 and len(probes) > 1
+    print(f"readiness without a replica: {probes}; 200 again {back:.1f} s after the CPUs freed")
+    assert 200 not in probes
+
+
+def _probe(url: str) -> int | str:
+    try:
+        return httpx.get(url + "/v2/health/ready", timeout=2).status_code
+    except httpx.TimeoutException:
+        return "timeout"
 
 
 def test_autoscaling_grows_under_load_and_shrinks_after(cluster, digits_onnx):
