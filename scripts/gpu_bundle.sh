@@ -24,6 +24,8 @@ platform=(--only-binary=:all: --python-version "$python_version" --implementatio
 missing=(fastapi starlette uvicorn httptools python-multipart pydantic pydantic-core
          annotated-types typing-inspection pydantic-settings python-dotenv annotated-doc
          onnxconverter-common opentelemetry-api)
+# py-spy: the GPU check dumps the CUDA server's thread stacks under load with it.
+tools=(py-spy==0.4.3)
 pins=$(.venv/bin/python - "${missing[@]}" <<'PY'
 import importlib.metadata as metadata, sys
 print(" ".join(f"{name}=={metadata.version(name)}" for name in sys.argv[1:]))
@@ -33,7 +35,7 @@ PY
 # brought there (ln2d.cuda.prepare loads them).
 # shellcheck disable=SC2086
 python3 -m pip download -q --no-deps "${platform[@]}" -d "$out/wheels" \
-    "onnxruntime-gpu==1.31.1" $pins
+    "onnxruntime-gpu==1.31.1" "${tools[@]}" $pins
 # Installed here (wheels install by unpacking), so the device only unpacks a folder.
 python3 -m pip install -q --no-deps --no-compile "${platform[@]}" --target "$out/site" \
     "$out"/wheels/*.whl

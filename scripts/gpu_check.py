@@ -10,8 +10,8 @@ or runs out of time is recorded, and the next one runs):
    ``ln2d serve`` does: the active provider, or the loader's reason it did not come up;
 4. serve: ``ln2d serve --provider cuda`` beside ``--provider cpu`` and beside the CUDA server
    with ``--max-batch 1``, on the same model: a real classify request, then v2 binary at
-   concurrency 1/8/32, in a random order, and each server's own batch sizes and stage times
-   (its /metrics);
+   concurrency 1/8/32, in a random order, each server's own batch sizes and stage times (its
+   /metrics), and the CUDA server's thread stacks under load at concurrency 8 (py-spy);
 5. model_run: the served model's run alone per batch size, IO binding on and off;
 6. bench: ``ln2d bench --providers cuda --fp16``, the bench networks at batch 1/8/32, beside
    PyTorch eager on the same GPU;
@@ -39,8 +39,10 @@ import functools
 import json
 import platform
 import random
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -203,13 +205,20 @@ def serve(check: Check) -> dict:
         png = _digit_png()
         answer = httpx.post(f"{servers['gpu'].url}/v1/classify", content=png,
                             headers={"content-type": "image/png"}).json()  # fmt: skip
-        rows = []
+        rows, stacks = [], []
         for concurrency in (1, 8, 32):
             measured = {}
             for name in random.sample(list(servers), len(servers)):
                 server = servers[name]
                 run_load(server.host, server.port, request, concurrency, seconds / 4)
+                spy = threading.Timer(
+                    seconds / 2, lambda pid=server.process.pid: stacks.append(_stacks(pid))
+                )
+                if name == "gpu" and concurrency == 8:  # where it lost most on 2026-12-04
+                    spy.start()
                 result = run_load(server.host, server.port, request, concurrency, seconds)
+                if spy.is_alive():
+                    spy.join()
                 answered = result.summary(200)
                 measured[name] = {**answered, "non_200": len(result.statuses) - answered["count"]}
             rows.append({"concurrency": concurrency, **measured})
@@ -220,7 +229,19 @@ def serve(check: Check) -> dict:
         "CPUExecutionProvider" if check.dry_run else "CUDAExecutionProvider"
     )
     return {"status": "ok" if ok else "failed", "provider": answer.get("provider"),
-            "rows": rows, "served": served, "exit_codes": exits}  # fmt: skip
+            "rows": rows, "served": served, "gpu_stacks_at_c8": stacks,
+            "exit_codes": exits}  # fmt: skip
+
+
+def _stacks(pid: int) -> str:
+    """Every thread's Python and native stack in process ``pid``, by py-spy where installed:
+    what a server's threads wait on under load."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return "py-spy is not installed"
+    done = subprocess.run([spy, "dump", "--native", "--pid", str(pid)],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    return (done.stdout or done.stderr)[-12000:]
 
 
 def _served(url: str) -> dict:

@@ -29,6 +29,6 @@ fi
 # The checkout's ln2d with its two other packages where the wheel puts them, ahead of the copy
 # in /tmp/site: tests and the check import ln2d from the checkout.
 ln -sfn ../serve ln2d/serve && ln -sfn ../export ln2d/export || exit
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
 python3 scripts/gpu_check.py --out "$out" --work /tmp/gpu-work --budget "$budget" "$@" 2>&1 |
     tee "$out/log.txt"

@@ -36,6 +36,8 @@ def test_the_dry_run_runs_every_step_and_writes_its_report(tmp_path):
     assert [row["batch"] for row in steps["model_run"]["median_ms"]] == [1, 2, 8, 32]
     assert all(row["bound"] > 0 and row["plain"] > 0 for row in steps["model_run"]["median_ms"])
     assert {"images_per_run", "inference_ms"} <= set(steps["serve"]["served"]["gpu"])
+    (stacks,) = steps["serve"]["gpu_stacks_at_c8"]  # py-spy's dump, or why there is none
+    assert "MainThread" in stacks or stacks == "py-spy is not installed"
     assert (tmp_path / "gpu-check.md").read_text().startswith("| step | status |")
 
 
