@@ -91,7 +91,8 @@ def application(settings: Settings, scaling: Scaling) -> Application:
     if not settings.threads:  # a replica must not size itself by the whole node
         settings = settings.model_copy(update={"threads": 1})
     fields = settings.model_dump(mode="json", exclude_none=True)
-    fields["token"] = settings.token.get_secret_value() if settings.token else None
+    if settings.token is not None:  # the dump masks a secret
+        fields["token"] = settings.token.get_secret_value()
     deployment = serve.deployment(Replica).options(
         name=DEPLOYMENT,
         ray_actor_options=actor_options(settings),
@@ -102,7 +103,7 @@ def application(settings: Settings, scaling: Scaling) -> Application:
         graceful_shutdown_timeout_s=settings.drain_timeout_s,
         **scaling.options(),
     )
-    return deployment.bind({k: v for k, v in fields.items() if v is not None})
+    return deployment.bind(fields)
 
 
 def build(args: dict[str, Any]) -> Application:

@@ -31,6 +31,7 @@ from ln2d.serve.ray_serve import DEPLOYMENT, Scaling, start, stop  # noqa: E402
 from ln2d.serve.settings import Settings  # noqa: E402
 from ln2d.serve.tools.launcher import ServerProcess, free_port  # noqa: E402
 from tests.images import digit, png  # noqa: E402
+from tests.serve.prometheus import sample  # noqa: E402
 from tests.tiny_models import classifier  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -349,13 +350,7 @@ def test_deleting_the_application_drains_the_requests_in_flight(cluster, digits_
 
 
 def _queued(url: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(url + "/metrics", timeout=30).text
-    for family in text_string_to_metric_families(text):
-        if family.name == "ln2d_queue_depth":
-            return sum(s.value for s in family.samples)
-    return 0.0
+    return sample(httpx.get(url + "/metrics", timeout=30).text, "ln2d_queue_depth")
 
 
 def test_the_command_serves_until_sigterm_then_drains_and_deletes(cluster, digits_onnx):
