@@ -39,7 +39,7 @@ from ln2d.export.bench_models import NETWORKS, Network, build, without_norms
 from ln2d.export.fusion import lower, match, verify
 from ln2d.export.fusion.forms import FORMS, lowers
 from ln2d.export.fusion.targets import TARGETS, usable
-from ln2d.export.onnx_export import DEFAULT_OPSET, module_to_onnx
+from ln2d.export.onnx_export import default_opset, module_to_onnx
 from ln2d.runtime import available_providers
 
 DECOMPOSED, CONTROL = "decomposed", "decomposed" + timing.AA_SUFFIX
@@ -93,6 +93,7 @@ def run(options: BenchOptions) -> dict:
         "date": date.today().isoformat(),
         "machine": _machine(options.threads),
         "options": asdict(options),
+        "opset": _opset(options.providers),
         "skipped_providers": skipped,
         "results": results,
     }
@@ -119,8 +120,11 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
     folder.mkdir(parents=True)
     size = max(8, network.min_size)
     example = torch.zeros(2, channels, size, size)
-    decomposed = module_to_onnx(build(network, channels), example, DEFAULT_OPSET)
-    bare = module_to_onnx(without_norms(build(network, channels)), example, DEFAULT_OPSET)
+    opset = _opset(options.providers)
+    # The network's own smallest input: below it torch 2.11's export fails on the pools
+    # (make gpu-check, 2026-12-04), and nothing smaller is ever run.
+    decomposed = module_to_onnx(build(network, channels), example, opset, network.min_size)
+    bare = module_to_onnx(without_norms(build(network, channels)), example, opset, network.min_size)
     graphs = {DECOMPOSED: decomposed, "no-norm": bare}
     matched = match(decomposed)
     sites = matched.report.fused
@@ -150,6 +154,12 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
         paths["tuned"] = _tuned(paths[DECOMPOSED], folder / "tuned.onnx", shapes, options)
         targets["tune"] = "tuned"
     return paths, targets
+
+
+def _opset(providers: tuple[str, ...]) -> int:
+    """The lowest of the opsets ``ln2d export`` writes for the providers' targets: every
+    provider then runs the nodes it has kernels for (CUDA has none for MaxPool-22)."""
+    return min(default_opset(provider) for provider in providers)
 
 
 def _int8(model: onnx.ModelProto, shape: list[int]) -> onnx.ModelProto:

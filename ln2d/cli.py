@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from ln2d import __version__
 from ln2d.errors import CheckFailed, UserError
@@ -25,15 +26,36 @@ def int_list(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Says, with an unknown command, which packages' commands are missing and why."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.missing: dict[str, str] = {}  # entry-point name (= its extra) -> module it lacks
+
+    def error(self, message: str) -> NoReturn:
+        if self.missing and "invalid choice" in message:
+            message += "; not installed: " + ", ".join(
+                f"the {name} commands (no module {module!r}: pip install 'ln2d[{name}]')"
+                for name, module in self.missing.items()
+            )
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ln2d",
         description="LayerNorm2d CNNs: train, export to fused ONNX, check parity, serve.",
     )
     parser.add_argument("--version", action="version", version=f"ln2d {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # One package's missing extra (no pydantic in an export-only install) must not take the
+    # other packages' commands down with it.
     for entry in sorted(entry_points(group="ln2d.commands"), key=lambda e: e.name):
-        entry.load()(commands)
+        try:
+            entry.load()(commands)
+        except ModuleNotFoundError as exc:
+            parser.missing[entry.name] = exc.name
     return parser
 
 

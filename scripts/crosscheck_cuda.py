@@ -28,7 +28,7 @@ from ln2d.export.fp16 import to_fp16
 from ln2d.export.fusion import lower, match
 from ln2d.export.fusion.forms import FORMS, lowers
 from ln2d.export.numerics import close, tolerance
-from ln2d.export.onnx_export import DEFAULT_OPSET, INPUT_NAME, module_to_onnx
+from ln2d.export.onnx_export import INPUT_NAME, default_opset, module_to_onnx
 from ln2d.export.placement import run_and_place
 
 SHAPES = {"ln2d": (4, 96, 28, 28), "convnext-block": (4, 96, 28, 28), "simple": (4, 3, 32, 32)}
@@ -38,7 +38,12 @@ SHAPES["convnext-atto"] = (2, 3, 224, 224)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the rows as JSON")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="export opset")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=default_opset("cuda"),
+        help="export opset (default: what ln2d export --target cuda writes)",
+    )
     parser.add_argument("--network", action="append", choices=SHAPES, help="(default: all)")
     args = parser.parse_args()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -67,7 +72,7 @@ def _network_rows(name: str, opset: int) -> list[dict]:
     with torch.inference_mode():
         expected = module(x).numpy()
     example = torch.zeros(2, channels, *shape[2:])
-    matched = match(module_to_onnx(module, example, opset))
+    matched = match(module_to_onnx(module, example, opset, NETWORKS[name].min_size))
     sites = matched.report.fused
     rows = []
     for form in FORMS:

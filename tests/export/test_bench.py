@@ -25,6 +25,7 @@ def test_bench_times_every_variant_and_writes_json(tmp_path):
     report = json.loads(out.read_text())
     by_network = {p["network"]: p for p in report["results"]}
     assert set(by_network) == {"ln2d", "simple"}
+    assert report["opset"] == 21  # cuda is a default provider: ln2d export --target cuda's
     ln2d, simple = by_network["ln2d"], by_network["simple"]
     assert ln2d["shape"] == [2, 8, 8, 8] and simple["shape"] == [2, 3, 8, 8]
     timed = ("decomposed", "decomposed (A/A)", "no-norm", "transpose_layernorm", "eager")

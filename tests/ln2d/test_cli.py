@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -58,6 +60,25 @@ def test_corrupt_checkpoint_cli(tmp_path):
 def test_usage_error_is_argparse_exit_2():
     result = run_cli("train", "--norm", "rmsnorm")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_an_install_without_the_serve_extra_keeps_the_other_commands():
+    """pydantic is not importable, as in ``pip install 'ln2d[export,cpu]'``: the export
+    commands still work, and ``ln2d serve`` says which extra to install, in one line."""
+    blocked = "import sys; sys.modules['pydantic'] = None; from ln2d.cli import main; "
+    done = [
+        subprocess.run(
+            [sys.executable, "-c", blocked + f"sys.exit(main({args!r}))"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for args in (["info", "--help"], ["serve", "model.onnx"])
+    ]
+    assert done[0].returncode == 0 and "usage: ln2d info" in done[0].stdout, done[0].stderr
+    assert done[1].returncode == 2 and "Traceback" not in done[1].stderr
+    assert "invalid choice: 'serve'" in done[1].stderr
+    assert "no module 'pydantic': pip install 'ln2d[serve]'" in done[1].stderr
 
 
 def test_train_on_image_folder(tmp_path):
