@@ -24,7 +24,7 @@ platform=(--only-binary=:all: --python-version "$python_version" --implementatio
 missing=(fastapi starlette uvicorn httptools python-multipart pydantic pydantic-core
          annotated-types typing-inspection pydantic-settings python-dotenv annotated-doc
          onnxconverter-common opentelemetry-api)
-# py-spy: the GPU check dumps the CUDA server's thread stacks under load with it.
+# py-spy: the GPU check profiles the CUDA and the CPU server under load with it.
 tools=(py-spy==0.4.3)
 pins=$(.venv/bin/python - "${missing[@]}" <<'PY'
 import importlib.metadata as metadata, sys

@@ -8,11 +8,14 @@ or runs out of time is recorded, and the next one runs):
 2. artifacts: the digits model trained, and exported for every target, fp32 and fp16;
 3. provider_without_torch: a CUDA session opened in a process that never imports torch, as
    ``ln2d serve`` does: the active provider, or the loader's reason it did not come up;
-4. serve: ``ln2d serve --provider cuda`` beside ``--provider cpu`` and beside the CUDA server
-   with ``--max-batch 1``, on the same model: a real classify request, then v2 binary at
-   concurrency 1/8/32, in a random order, each server's own batch sizes and stage times (its
-   /metrics), and the CUDA server's thread stacks under load at concurrency 8 (py-spy);
-5. model_run: the served model's run alone per batch size, IO binding on and off;
+4. serve: ``ln2d serve --provider cuda`` beside ``--provider cpu``, beside the CUDA server with
+   ``--max-batch 1`` and beside one that hands the GIL over sooner, on the same model: a real
+   classify request, then v2 binary at concurrency 1/8/32 in a random order, with each
+   server's own batch sizes and stage times per point, then py-spy's profile of the CUDA and
+   the CPU server under load (``scripts/gpu_serving.py``);
+5. model_run: the served model's run alone per batch size, IO binding on and off, and called
+   as the server calls it (through its inference thread, beside a busy event loop, with a
+   batch size that changes from call to call);
 6. bench: ``ln2d bench --providers cuda --fp16``, the bench networks at batch 1/8/32, beside
    PyTorch eager on the same GPU;
 7. parity: ``ln2d parity`` of every export on the provider;
@@ -35,18 +38,16 @@ bug here. ``make test`` runs the dry run.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import platform
-import random
-import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from gpu_serving import model_run, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("cpu", "cuda", "portable")
@@ -180,120 +181,6 @@ def bench_train(check: Check) -> dict:
     return outcome(done, json=report.name, table=tail(done.stdout, 20))
 
 
-def serve(check: Check) -> dict:
-    sys.path.insert(0, str(ROOT))
-    import httpx
-
-    from ln2d.serve.model import Model
-    from ln2d.serve.tools.bench_serve import _v2_request
-    from ln2d.serve.tools.launcher import ServerProcess
-    from ln2d.serve.tools.loadgen import run_load
-
-    model = check.work / f"digits-{'cpu' if check.dry_run else 'cuda'}-fp32.onnx"
-    info = Model(model, "cpu", False, 1).info
-    request = _v2_request(info)
-    servers = {
-        "gpu": ServerProcess(model, ["--no-access-log", "--provider", check.provider]),
-        "cpu": ServerProcess(model, ["--no-access-log", "--provider", "cpu"]),
-        # Batches of one: whether batching is where the GPU server loses its time (2026-12-04)
-        "gpu_unbatched": ServerProcess(
-            model, ["--no-access-log", "--provider", check.provider, "--max-batch", "1"]
-        ),
-    }
-    seconds = 4 * check.seconds  # 2 s a point on the GPU: 0.5 s gave rough figures
-    try:
-        png = _digit_png()
-        answer = httpx.post(f"{servers['gpu'].url}/v1/classify", content=png,
-                            headers={"content-type": "image/png"}).json()  # fmt: skip
-        rows, stacks = [], []
-        for concurrency in (1, 8, 32):
-            measured = {}
-            for name in random.sample(list(servers), len(servers)):
-                server = servers[name]
-                run_load(server.host, server.port, request, concurrency, seconds / 4)
-                spy = threading.Timer(
-                    seconds / 2, lambda pid=server.process.pid: stacks.append(_stacks(pid))
-                )
-                if name == "gpu" and concurrency == 8:  # where it lost most on 2026-12-04
-                    spy.start()
-                result = run_load(server.host, server.port, request, concurrency, seconds)
-                if spy.is_alive():
-                    spy.join()
-                answered = result.summary(200)
-                measured[name] = {**answered, "non_200": len(result.statuses) - answered["count"]}
-            rows.append({"concurrency": concurrency, **measured})
-        served = {name: _served(server.url) for name, server in servers.items()}
-    finally:
-        exits = {name: server.stop() for name, server in servers.items()}
-    ok = answer.get("provider") == (
-        "CPUExecutionProvider" if check.dry_run else "CUDAExecutionProvider"
-    )
-    return {"status": "ok" if ok else "failed", "provider": answer.get("provider"),
-            "rows": rows, "served": served, "gpu_stacks_at_c8": stacks,
-            "exit_codes": exits}  # fmt: skip
-
-
-def _stacks(pid: int) -> str:
-    """Every thread's Python and native stack in process ``pid``, by py-spy where installed:
-    what a server's threads wait on under load."""
-    spy = shutil.which("py-spy")
-    if spy is None:
-        return "py-spy is not installed"
-    done = subprocess.run([spy, "dump", "--native", "--pid", str(pid)],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
-    return (done.stdout or done.stderr)[-12000:]
-
-
-def _served(url: str) -> dict:
-    """A server's own account of the load (its /metrics): mean images per model run, and mean
-    seconds per stage of a request."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    sums: dict[str, float] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            if sample.name.endswith(("_sum", "_count")):
-                key = sample.name + "|" + sample.labels.get("stage", "")
-                sums[key] = sums.get(key, 0.0) + sample.value
-    means = {"images_per_run": _mean(sums, "ln2d_batch_size", "")}
-    for stage in ("decode", "queue", "inference", "total"):
-        means[f"{stage}_ms"] = 1e3 * _mean(sums, "ln2d_stage_seconds", stage)
-    return means
-
-
-def _mean(sums: dict[str, float], name: str, stage: str) -> float:
-    count = sums.get(f"{name}_count|{stage}", 0.0)
-    return sums.get(f"{name}_sum|{stage}", 0.0) / count if count else float("nan")
-
-
-def model_run(check: Check) -> dict:
-    """The served model's run (serve.model.Model) per batch size, with IO binding and without,
-    interleaved: what a batch costs on the provider, apart from the server around it."""
-    sys.path.insert(0, str(ROOT))
-    import numpy as np
-
-    from ln2d.export.timing import interleaved
-    from ln2d.serve.model import Model
-
-    path = check.work / f"digits-{'cpu' if check.dry_run else 'cuda'}-fp32.onnx"
-    models = {name: Model(path, check.provider, False, 0, io_binding=name == "bound")
-              for name in ("bound", "plain")}  # fmt: skip
-    sample_shape = models["bound"].info.sample_shape
-    rows = []
-    for size in (1, 2, 8, 32):
-        batch = np.random.default_rng(0).standard_normal((size, *sample_shape)).astype(np.float32)
-        runners = {name: functools.partial(model.run, batch) for name, model in models.items()}
-        rows.append({"batch": size, **interleaved(runners, check.seconds)})
-    return {"status": "ok", "median_ms": rows}
-
-
-def _digit_png() -> bytes:
-    from tests.images import digit, png
-
-    return png(digit(0)[0])
-
-
 def cuda_tests(check: Check) -> dict:
     # Only the files that hold CUDA tests: collecting the whole suite takes most of a minute.
     files = [str(p) for p in (ROOT / "tests").rglob("test_*.py") if "mark.cuda" in p.read_text()]
@@ -330,6 +217,7 @@ STEPS: list[tuple[str, Callable[[Check], dict]]] = [
     ("bench_train", bench_train),
 ]
 MINIMUM_STEP_SECONDS = 20
+SERVERS = ("gpu", "cpu", "gpu_unbatched", "gpu_switch")  # gpu_serving.serve's, in table order
 
 
 def run(check: Check, report: Callable[[dict], None]) -> dict:
@@ -361,19 +249,31 @@ def markdown(report: dict) -> str:
         shown = {k: v for k, v in result.items() if k not in ("status", "seconds", "table", "rows")}
         lines.append(f"| {name} | {result['status']} | {result['seconds']} | "
                      f"{json.dumps(shown)[:300]} |")  # fmt: skip
-    serve_rows = report["steps"].get("serve", {}).get("rows", [])
+    steps = report["steps"]
+    serve_rows = steps.get("serve", {}).get("rows", [])
     if serve_rows:
         lines += [
             "",
-            "| concurrency | GPU server req/s | CPU server req/s | GPU, batches of 1, req/s "
-            "| GPU p99 ms | CPU p99 ms |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| concurrency | GPU server req/s | CPU server req/s | GPU, batches of 1 | GPU, GIL "
+            "switch 0.5 ms | GPU p99 ms | CPU p99 ms | GPU images/run | GPU server ms in "
+            "queue / run / total |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for row in serve_rows:
-            gpu, cpu, alone = row["gpu"], row["cpu"], row["gpu_unbatched"]
-            rates = " | ".join(f"{server['per_s']:,.0f}" for server in (gpu, cpu, alone))
-            lines.append(f"| {row['concurrency']} | {rates} | "
-                         f"{gpu['p99_ms']:.1f} | {cpu['p99_ms']:.1f} |")  # fmt: skip
+            gpu, cpu = row["gpu"], row["cpu"]
+            rates = " | ".join(f"{row[name]['per_s']:,.0f}" for name in SERVERS)
+            stages = " / ".join(
+                f"{gpu['served'][f'{s}_ms']:.1f}" for s in ("queue", "inference", "total")
+            )
+            lines.append(f"| {row['concurrency']} | {rates} | {gpu['p99_ms']:.1f} | "
+                         f"{cpu['p99_ms']:.1f} | {gpu['served']['images_per_run']:.1f} | "
+                         f"{stages} |")  # fmt: skip
+    calls = steps.get("model_run", {}).get("calls_median_ms", {})
+    if calls:
+        names = list(next(iter(calls.values())))
+        lines += ["", "| provider | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for provider, medians in calls.items():
+            lines.append(f"| {provider} | " + " | ".join(f"{medians[n]:.3f}" for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -30,14 +30,28 @@ def test_the_dry_run_runs_every_step_and_writes_its_report(tmp_path):
     # The torch-free process never imported torch, and says why CUDA did not come up.
     torch_free = steps["provider_without_torch"]
     assert torch_free["torch_imported"] is False and "ln2d[serve,gpu]" in torch_free["error"]
-    assert [row["concurrency"] for row in steps["serve"]["rows"]] == [1, 8, 32]
-    servers = ("gpu", "cpu", "gpu_unbatched")
-    assert all(row[s]["non_200"] == 0 for row in steps["serve"]["rows"] for s in servers)
+    rows = steps["serve"]["rows"]
+    assert [row["concurrency"] for row in rows] == [1, 8, 32]
+    servers = ("gpu", "cpu", "gpu_unbatched", "gpu_switch")
+    assert all(row[s]["non_200"] == 0 for row in rows for s in servers)
+    # Each point's own stage times: only batches of one in the unbatched server, and every
+    # request of the point counted (its total is there, its queue no longer than its total).
+    for row in rows:
+        assert row["gpu_unbatched"]["served"]["images_per_run"] == 1
+        served = row["gpu"]["served"]
+        assert 0 <= served["queue_ms"] < served["total_ms"] and served["images_per_run"] >= 1
     assert [row["batch"] for row in steps["model_run"]["median_ms"]] == [1, 2, 8, 32]
     assert all(row["bound"] > 0 and row["plain"] > 0 for row in steps["model_run"]["median_ms"])
-    assert {"images_per_run", "inference_ms"} <= set(steps["serve"]["served"]["gpu"])
-    (stacks,) = steps["serve"]["gpu_stacks_at_c8"]  # py-spy's dump, or why there is none
-    assert "MainThread" in stacks or stacks == "py-spy is not installed"
+    (calls,) = steps["model_run"]["calls_median_ms"].values()  # the dry run's provider is cpu
+    assert set(calls) == {"direct", "pool", "pool_busy_gil", "batch_4", "batch_1_to_8_mixed"}
+    assert all(ms > 0 for ms in calls.values())
+    # py-spy's profiles (make test runs without it: then they say so)
+    profiles = steps["serve"]["profiles"]
+    assert set(profiles) == {"gpu_python", "gpu_native", "cpu_python", "cpu_native"}
+    for profile in profiles.values():
+        if profile.get("error") != "py-spy is not installed":
+            assert any("MainThread" in thread for thread in profile["threads"]), profile
+            assert (tmp_path / profile["file"]).is_file()
     assert (tmp_path / "gpu-check.md").read_text().startswith("| step | status |")
 
 
