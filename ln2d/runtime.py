@@ -31,6 +31,7 @@ class SessionSettings:
     arena: bool = True  # False: what a run allocates goes back when it ends
     cpu_fallback: bool = False  # the CPU runs the nodes the provider cannot
     profile_to: str = ""  # ONNX Runtime's profiler writes there (a file name prefix)
+    cuda_graph: bool = False  # CUDA only: runs may capture and replay graphs (gpu_graph_id)
     data_folder: Path | None = None  # external data of a model given as bytes
 
 
@@ -57,7 +58,12 @@ def open_session(model, settings: SessionSettings = SessionSettings()):
         options.profile_file_prefix = settings.profile_to
     if settings.provider == "cuda":
         cuda.prepare()
-    providers = [ort_provider(settings.provider)]
+    name, provider_options = ort_provider(settings.provider)
+    if settings.cuda_graph:
+        if settings.provider != "cuda":
+            raise ValueError(f"CUDA graphs need the cuda provider, not {settings.provider}")
+        provider_options = {**provider_options, "enable_cuda_graph": "1"}
+    providers = [(name, provider_options)]
     if settings.cpu_fallback and settings.provider != "cpu":
         providers.append(ort_provider("cpu"))
     if hasattr(model, "SerializeToString"):

@@ -8,14 +8,14 @@ or runs out of time is recorded, and the next one runs):
 2. artifacts: the digits model trained, and exported for every target, fp32 and fp16;
 3. provider_without_torch: a CUDA session opened in a process that never imports torch, as
    ``ln2d serve`` does: the active provider, or the loader's reason it did not come up;
-4. serve: ``ln2d serve --provider cuda`` beside ``--provider cpu``, beside the CUDA server with
-   ``--max-batch 1`` and beside one that hands the GIL over sooner, on the same model: a real
-   classify request, then v2 binary at concurrency 1/8/32 in a random order, with each
-   server's own batch sizes and stage times per point, then py-spy's profile of the CUDA and
-   the CPU server under load (``scripts/gpu_serving.py``);
-5. model_run: the served model's run alone per batch size, IO binding on and off, and called
-   as the server calls it (through its inference thread, beside a busy event loop, with a
-   batch size that changes from call to call);
+4. serve: ``ln2d serve --provider cuda`` beside ``--provider cpu``, beside the CUDA server
+   with ``--max-batch 1``, with ``--cuda-graphs`` and in an interpreter that hands the GIL
+   over sooner, on the same model: a real classify request, then v2 binary at concurrency
+   1/8/32 in a random order, with each server's own batch sizes and stage times per point,
+   then py-spy's profile of the CUDA and the CPU server under load (``scripts/gpu_serving.py``);
+5. model_run: the served model's run alone per batch size (plain, IO binding, CUDA graphs),
+   and called as the server calls it (through its inference thread, beside a busy event
+   loop, with a batch size that changes from call to call);
 6. bench: ``ln2d bench --providers cuda --fp16``, the bench networks at batch 1/8/32, beside
    PyTorch eager on the same GPU;
 7. parity: ``ln2d parity`` of every export on the provider;
@@ -217,7 +217,8 @@ STEPS: list[tuple[str, Callable[[Check], dict]]] = [
     ("bench_train", bench_train),
 ]
 MINIMUM_STEP_SECONDS = 20
-SERVERS = ("gpu", "cpu", "gpu_unbatched", "gpu_switch")  # gpu_serving.serve's, in table order
+# gpu_serving.serve's servers, in table order (gpu_graphs: not in a dry run)
+SERVERS = ("gpu", "cpu", "gpu_unbatched", "gpu_switch", "gpu_graphs")
 
 
 def run(check: Check, report: Callable[[dict], None]) -> dict:
@@ -255,13 +256,15 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             "| concurrency | GPU server req/s | CPU server req/s | GPU, batches of 1 | GPU, GIL "
-            "switch 0.5 ms | GPU p99 ms | CPU p99 ms | GPU images/run | GPU server ms in "
-            "queue / run / total |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "switch 0.5 ms | GPU, CUDA graphs | GPU p99 ms | CPU p99 ms | GPU images/run | "
+            "GPU server ms in queue / run / total |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for row in serve_rows:
             gpu, cpu = row["gpu"], row["cpu"]
-            rates = " | ".join(f"{row[name]['per_s']:,.0f}" for name in SERVERS)
+            rates = " | ".join(
+                f"{row[name]['per_s']:,.0f}" if name in row else "-" for name in SERVERS
+            )
             stages = " / ".join(
                 f"{gpu['served'][f'{s}_ms']:.1f}" for s in ("queue", "inference", "total")
             )

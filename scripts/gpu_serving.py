@@ -4,13 +4,15 @@ On 2026-12-04 an H200 served the digits model at 281-410 req/s at concurrency 32
 CPU server's 1,720-1,950, while the model's run alone took 0.22-0.28 ms. Its requests spent
 about 100 ms in the server and batches held 1.6 images. These steps measure the candidates:
 
-- serve: the CUDA server beside the CPU one, beside a CUDA server with batches of one, and
-  beside one whose interpreter hands the GIL over every 0.5 ms instead of 5 ms (a thread that
-  returns from a run waits up to the switch interval for a busy event loop to let go of it).
+- serve: the CUDA server beside the CPU one, beside a CUDA server with batches of one, beside
+  one whose interpreter hands the GIL over every 0.5 ms instead of 5 ms (a thread that
+  returns from a run waits up to the switch interval for a busy event loop to let go of it),
+  and beside one running CUDA graphs (``--cuda-graphs``).
   Each point carries the server's own stage times for that point (its /metrics before and
   after), and both servers are profiled under load by py-spy: Python stacks without stopping
   the process, then native stacks (where the threads wait: the GIL, CUDA, epoll).
-- model_run: the served ``Model.run`` alone per batch size with IO binding on and off; then,
+- model_run: the served ``Model.run`` alone per batch size: plain, with IO binding, and as a
+  captured CUDA graph per size (``static_batches``); then,
   on the provider and on the CPU, a run called directly, through a one-thread pool as the
   batcher calls it, through the pool while this thread keeps the GIL busy as a loaded event
   loop does, and batches whose size changes on every call against a fixed size.
@@ -62,6 +64,8 @@ def serve(check: Check) -> dict:
         "gpu_unbatched": ServerProcess(model, [*gpu, "--max-batch", "1"]),
         "gpu_switch": ServerProcess(model, gpu, command=switched),
     }
+    if not check.dry_run:  # ONNX Runtime has no CPU graphs: ln2d serve refuses the flag there
+        servers["gpu_graphs"] = ServerProcess(model, [*gpu, "--cuda-graphs"])
     seconds = 4 * check.seconds  # 2 s a point on the GPU: 0.5 s gave rough figures
     try:
         png = _digit_png()
@@ -177,17 +181,22 @@ def model_run(check: Check) -> dict:
     from ln2d.serve.model import Model
 
     path = check.work / f"digits-{'cpu' if check.dry_run else 'cuda'}-fp32.onnx"
+    sizes = (1, 2, 8, 32)
     models = {name: Model(path, check.provider, False, 0, io_binding=name == "bound")
               for name in ("bound", "plain")}  # fmt: skip
+    # On CUDA one captured graph per size (on the CPU the same static path without capture)
+    models["graphs"] = Model(path, check.provider, False, 0, static_batches=sizes)
+    models["graphs"].warm_up(list(sizes))
     shape = models["bound"].info.sample_shape
     rows = []
-    for size in (1, 2, 8, 32):
+    for size in sizes:
         batch = np.random.default_rng(0).standard_normal((size, *shape)).astype(np.float32)
         runners = {name: functools.partial(model.run, batch) for name, model in models.items()}
         rows.append({"batch": size, **interleaved(runners, check.seconds)})
     # The server's own settings: one inference thread.
     calls = {provider: _calls(Model(path, provider, False, 1), check.seconds)
              for provider in dict.fromkeys((check.provider, "cpu"))}  # fmt: skip
+    models["graphs"].close()
     return {"status": "ok", "median_ms": rows, "calls_median_ms": calls}
 
 

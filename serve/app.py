@@ -123,7 +123,13 @@ def _registry(
         )
     if model is None:
         threads = model_threads(settings, max_models=1)
-        model = Model(path, settings.provider, settings.cpu_fallback, threads)
+        model = Model(
+            path,
+            settings.provider,
+            settings.cpu_fallback,
+            threads,
+            static_batches=settings.static_batches,
+        )
     return Registry(settings, metrics, Source.file(path, model.info.name), model, tracer)
 
 

@@ -18,6 +18,7 @@ from ln2d.constants import PROVIDERS
 from ln2d.metadata import ModelMetadata
 from ln2d.preprocessing import SCALE
 from ln2d.runtime import ProviderNotActive, SessionSettings, available_providers, open_session
+from ln2d.serve.static_batches import StaticBatches
 
 log = logging.getLogger("ln2d.serve")
 
@@ -63,25 +64,45 @@ class Model:
         name: str | None = None,
         labels: tuple[str, ...] | None = None,
         io_binding: bool = False,
+        static_batches: tuple[int, ...] = (),
     ) -> None:
         """``name`` (a repository's folder name) replaces the metadata's; ``labels`` (its
         labels.txt) serve a model without ln2d metadata. ``io_binding`` copies each batch to the
         provider's device once and reads the logits back once: off by default, because on an
         H200 it made the digits model's run 7-10 % slower than a plain one (make gpu-check,
-        model_run; docs/benchmarks.md)."""
+        model_run; docs/benchmarks.md). ``static_batches``: run every batch padded to one of
+        these sizes, into buffers bound once, and on CUDA as a captured graph per size
+        (``serve.static_batches``; ``warm_up`` captures them)."""
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
+        if io_binding and static_batches:
+            raise ValueError("static batches bind their own buffers: not with io_binding")
         started = time.monotonic()
-        self.session = _session(path, provider, cpu_fallback, threads)
+        self.session = _session(path, provider, cpu_fallback, threads, bool(static_batches))
         self.load_seconds = time.monotonic() - started
         self.provider = self.session.get_providers()[0]
         self.threads = threads
         info = _info(self.session, path, labels)
         self.info = info if name is None else dataclasses.replace(info, name=name)
         on_gpu = self.provider == PROVIDERS["cuda"]
-        self._device = ("cuda" if on_gpu else "cpu") if io_binding else None
+        device = "cuda" if on_gpu else "cpu"
+        self._device = device if io_binding else None
+        self._static = (
+            StaticBatches(
+                self.session,
+                self.info.sample_shape,
+                self.info.num_classes,
+                static_batches,
+                device,
+                graphs=on_gpu,
+            )
+            if static_batches
+            else None
+        )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if self._static is not None:
+            return self._static.run(batch)
         if self._device is not None:
             return self._run_bound(batch)
         (logits,) = self.session.run([self.info.output_name], {self.info.input_name: batch})
@@ -98,15 +119,21 @@ class Model:
 
     def close(self) -> None:
         """Release the session now, not whenever the last reference goes."""
+        if self._static is not None:
+            self._static.close()
         self.session = None
 
     def warm_up(self, batch_sizes: list[int]) -> None:
-        """Run every batch size once, so first requests do not pay for allocations and tuning."""
+        """Run every batch size once, so first requests do not pay for allocations and tuning;
+        with static batches, capture (and check) each size's graph instead."""
+        if self._static is not None:
+            self._static.capture()
+            return
         for size in batch_sizes:
             self.run(np.zeros((size, *self.info.sample_shape), np.float32))
 
 
-def _session(path: Path, provider: str, cpu_fallback: bool, threads: int):
+def _session(path: Path, provider: str, cpu_fallback: bool, threads: int, graphs: bool):
     if provider not in available_providers():
         if not cpu_fallback:
             raise ModelLoadError(
@@ -117,7 +144,8 @@ def _session(path: Path, provider: str, cpu_fallback: bool, threads: int):
             )
         log.warning("%s is not available; serving on CPU (--cpu-fallback)", PROVIDERS[provider])
         provider = "cpu"
-    settings = SessionSettings(provider, threads, cpu_fallback=cpu_fallback)
+    graphs = graphs and provider == "cuda"  # ONNX Runtime has no graphs on the CPU
+    settings = SessionSettings(provider, threads, cpu_fallback=cpu_fallback, cuda_graph=graphs)
     try:
         return open_session(path, settings)
     except ProviderNotActive as exc:

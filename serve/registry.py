@@ -371,6 +371,7 @@ class Registry:
             self.threads_per_model,
             name=None if self.source.single else folder.name,
             labels=self.source.labels(folder),
+            static_batches=self.settings.static_batches,
         )
         sizes = list(range(1, self.settings.max_batch + 1))
         try:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ln2d.constants import BATCHING
+from ln2d.serve.static_batches import batch_sizes
 
 ENV_PREFIX = "LN2D_"
 
@@ -63,6 +64,11 @@ class Settings(BaseSettings):
     provider: Literal["cpu", "cuda"] = Field("cpu", description="ONNX Runtime execution provider")
     cpu_fallback: bool = Field(
         False, description="with --provider cuda, serve on CPU when CUDA is unavailable"
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="with --provider cuda: pad each batch to a power of two (or to max_batch) "
+        "and run it as the CUDA graph captured for that size at warm-up",
     )
     max_batch: int = Field(
         BATCHING.max_batch, ge=1, le=1024, description="largest batch sent to the model"
@@ -118,6 +124,18 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     access_log: bool = Field(True, description="one JSON line per request")
+
+    @property
+    def static_batches(self) -> tuple[int, ...]:
+        """The batch sizes every run is padded to (none: runs take any size)."""
+        return batch_sizes(self.max_batch) if self.cuda_graphs else ()
+
+    @field_validator("cuda_graphs")
+    @classmethod
+    def _graphs_need_cuda(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("provider") != "cuda":
+            raise ValueError("needs --provider cuda (ONNX Runtime has no CPU graphs)")
+        return value
 
     @field_validator("cors_origins", "load_models", mode="before")
     @classmethod

@@ -156,6 +156,15 @@ def test_cuda_provider_is_active(digits_onnx):
         assert info["provider"] == "CUDAExecutionProvider"
 
 
+@pytest.mark.cuda
+def test_cuda_graphs_server_classifies(digits_onnx):
+    if reason := cuda_unavailable():
+        pytest.skip(reason)
+    with ServerProcess(digits_onnx, ["--provider", "cuda", "--cuda-graphs"]) as server:
+        answer = httpx.post(f"{server.url}/v1/classify", content=GOOD_PNG, headers=PNG_HEADERS)
+        assert answer.status_code == 200 and answer.json()["provider"] == "CUDAExecutionProvider"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -166,6 +175,7 @@ def test_cuda_provider_is_active(digits_onnx):
         (["MODEL", "--model-control-mode", "poll"], "needs a model repository folder"),
         (["MODEL", "--model-control-mode", "sometimes"], "--model-control-mode"),
         (["MODEL", "--max-models", "0"], "--max-models"),
+        (["MODEL", "--cuda-graphs"], "--cuda-graphs: Value error, needs --provider cuda"),
     ],
 )
 def test_serve_cli_errors_are_one_line(digits_onnx, args, message):
