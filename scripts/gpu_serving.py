@@ -108,13 +108,21 @@ def _profile(server, kind: str, out: Path, seconds: float, request: bytes) -> di
         return {"error": "py-spy is not installed"}
     path = out / f"py-spy-{server.port}-{kind}.txt"
     mode = ["--nonblocking", "--rate", "200"] if kind == "python" else ["--native", "--rate", "50"]
-    recorder = subprocess.Popen(
-        [spy, "record", "--pid", str(server.process.pid), "--duration", str(max(1, int(seconds))),
-         "--format", "raw", "--output", str(path), "--threads", "--idle", *mode],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    try:
+        recorder = subprocess.Popen(
+            [spy, "record", "--pid", str(server.process.pid), "--duration",
+             str(max(1, int(seconds))), "--format", "raw", "--output", str(path), "--threads",
+             "--idle", *mode],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    except OSError as error:
+        return {"error": f"py-spy did not start: {error}"}
     run_load(server.host, server.port, request, PROFILED_CONCURRENCY, seconds + 1)
-    _, errors = recorder.communicate(timeout=60)
+    try:
+        _, errors = recorder.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # the rows measured before must not be lost to it
+        recorder.kill()
+        return {"error": "py-spy did not finish within 60 s"}
     if recorder.returncode != 0 or not path.is_file():
         return {"error": errors.strip()[-500:] or f"py-spy exited {recorder.returncode}"}
     return {"file": path.name, **_threads(path.read_text())}
