@@ -344,7 +344,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         "subprocess with spinning off, a shuffled order and an A/A control (decomposed "
         "twice); then PyTorch eager in a phase of its own. Reports medians, ratios to "
         "decomposed and the LN2d's effective GB/s beside a copy. convnext-atto runs at "
-        "224x224, batch 1 and 8, whatever the grid. Prints markdown tables; --json writes all.",
+        "224x224 (batch 1 and 8 unless --batch), whatever the grid. Graphs are exported at "
+        "the opset export writes for the providers' targets (21 with cuda, else 23). Prints "
+        "markdown tables; --json writes all.",
     )
     bench.add_argument(
         "--model",

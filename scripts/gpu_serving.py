@@ -51,7 +51,7 @@ def serve(check: Check) -> dict:
 
     from ln2d.serve.model import Model
     from ln2d.serve.tools.bench_serve import _v2_request
-    from ln2d.serve.tools.launcher import ServerProcess
+    from ln2d.serve.tools.launcher import LaunchError, ServerProcess
     from ln2d.serve.tools.loadgen import run_load
 
     model = check.work / f"digits-{'cpu' if check.dry_run else 'cuda'}-fp32.onnx"
@@ -64,8 +64,12 @@ def serve(check: Check) -> dict:
         "gpu_unbatched": ServerProcess(model, [*gpu, "--max-batch", "1"]),
         "gpu_switch": ServerProcess(model, gpu, command=switched),
     }
+    refused = {}
     if not check.dry_run:  # ONNX Runtime has no CPU graphs: ln2d serve refuses the flag there
-        servers["gpu_graphs"] = ServerProcess(model, [*gpu, "--cuda-graphs"])
+        try:  # a model ONNX Runtime cannot capture is refused at load: a finding, not the end
+            servers["gpu_graphs"] = ServerProcess(model, [*gpu, "--cuda-graphs"])
+        except LaunchError as error:
+            refused["gpu_graphs"] = str(error)[-1000:]
     seconds = 4 * check.seconds  # 2 s a point on the GPU: 0.5 s gave rough figures
     try:
         png = _digit_png()
@@ -94,7 +98,8 @@ def serve(check: Check) -> dict:
         "CPUExecutionProvider" if check.dry_run else "CUDAExecutionProvider"
     )
     return {"status": "ok" if ok else "failed", "provider": answer.get("provider"),
-            "rows": rows, "profiles": profiles, "exit_codes": exits}  # fmt: skip
+            "rows": rows, "profiles": profiles, "refused": refused,
+            "exit_codes": exits}  # fmt: skip
 
 
 def _profile(server, kind: str, out: Path, seconds: float, request: bytes) -> dict:
@@ -193,8 +198,13 @@ def model_run(check: Check) -> dict:
     models = {name: Model(path, check.provider, False, 0, io_binding=name == "bound")
               for name in ("bound", "plain")}  # fmt: skip
     # On CUDA one captured graph per size (on the CPU the same static path without capture)
-    models["graphs"] = Model(path, check.provider, False, 0, static_batches=sizes)
-    models["graphs"].warm_up(list(sizes))
+    refused = {}
+    try:
+        models["graphs"] = Model(path, check.provider, False, 0, static_batches=sizes)
+        models["graphs"].warm_up(list(sizes))
+    except Exception as error:  # onnxruntime's own errors: capture refused is a finding
+        refused["graphs"] = f"{type(error).__name__}: {error}"[-1000:]
+        models.pop("graphs", None)
     shape = models["bound"].info.sample_shape
     rows = []
     for size in sizes:
@@ -204,8 +214,9 @@ def model_run(check: Check) -> dict:
     # The server's own settings: one inference thread.
     calls = {provider: _calls(Model(path, provider, False, 1), check.seconds)
              for provider in dict.fromkeys((check.provider, "cpu"))}  # fmt: skip
-    models["graphs"].close()
-    return {"status": "ok", "median_ms": rows, "calls_median_ms": calls}
+    if "graphs" in models:
+        models["graphs"].close()
+    return {"status": "ok", "median_ms": rows, "calls_median_ms": calls, "refused": refused}
 
 
 def _calls(model, seconds: float) -> dict[str, float]:

@@ -45,6 +45,7 @@ def test_the_dry_run_runs_every_step_and_writes_its_report(tmp_path):
         row["bound"] > 0 and row["plain"] > 0 and row["graphs"] > 0
         for row in steps["model_run"]["median_ms"]
     )
+    assert steps["model_run"]["refused"] == {} and steps["serve"]["refused"] == {}
     (calls,) = steps["model_run"]["calls_median_ms"].values()  # the dry run's provider is cpu
     assert set(calls) == {"direct", "pool", "pool_busy_gil", "batch_4", "batch_1_to_8_mixed"}
     assert all(ms > 0 for ms in calls.values())
