@@ -154,8 +154,10 @@ class Batcher:
         return ApiError(504, "deadline exceeded while waiting for inference")
 
     def alone(self, admission: Admission) -> bool:
-        """Whether this request is the only one admitted: there is nothing to batch it with."""
-        return self._admitted == admission.images
+        """Whether this request is the only one admitted, and fits one run: there is nothing
+        to batch it with. A request of more than max_batch images goes through the queue,
+        which splits it: the model never runs a batch larger than it was warmed up for."""
+        return self._admitted == admission.images <= self.max_batch
 
     async def run_alone(
         self,

@@ -120,3 +120,32 @@ def test_run_alone_keeps_the_deadline_and_reports_a_failed_model_as_500(session)
 
     assert asyncio.run(main(_run(session), 0.05)).status == 504
     assert asyncio.run(main(failing, 5)).status == 500
+
+
+def test_a_request_of_more_images_than_max_batch_is_never_one_run(session):
+    """Alone on the server, a request of 10 images with max_batch 4 is not run at once: the
+    model never sees more than max_batch (a --cuda-graphs model cannot), and the answers are
+    a direct run's."""
+    seen: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        seen.append(len(batch))
+        return _run(session)(batch)
+
+    samples = np.random.default_rng(2).standard_normal((10, 1, 8, 8)).astype(np.float32)
+
+    async def main() -> list:
+        batcher = Batcher(run, 4, 0.0, max_queue=16, metrics=Metrics().for_model("m", 1))
+        batcher.start()
+        try:
+            with batcher.admit(len(samples)) as admission:
+                assert not batcher.alone(admission)
+                return await batcher.infer(admission, samples, time.monotonic() + 5)
+        finally:
+            await batcher.stop()
+
+    answers = asyncio.run(main())
+    assert max(seen) <= 4 and sum(seen) == len(samples)
+    direct = _run(session)(samples)
+    for result, expected in zip(answers, direct, strict=True):
+        np.testing.assert_allclose(result.logits, expected, rtol=1e-6)
