@@ -61,6 +61,12 @@ class BenchOptions:
     int8: bool = False  # also an INT8 variant, as ln2d quantize makes it
     fp16: bool = False  # also fp16 twins of the fused forms (export --precision fp16), CUDA only
 
+    @property
+    def opset(self) -> int:
+        """The lowest of the opsets ``ln2d export`` writes for the providers' targets: every
+        provider then runs the nodes it has kernels for (CUDA has none for MaxPool-22)."""
+        return min(default_opset(provider) for provider in self.providers)
+
 
 def run(options: BenchOptions) -> dict:
     providers = [p for p in options.providers if p in available_providers()]
@@ -93,7 +99,7 @@ def run(options: BenchOptions) -> dict:
         "date": date.today().isoformat(),
         "machine": _machine(options.threads),
         "options": asdict(options),
-        "opset": _opset(options.providers),
+        "opset": options.opset,
         "skipped_providers": skipped,
         "results": results,
     }
@@ -120,7 +126,7 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
     folder.mkdir(parents=True)
     size = max(8, network.min_size)
     example = torch.zeros(2, channels, size, size)
-    opset = _opset(options.providers)
+    opset = options.opset
     # The network's own smallest input: below it torch 2.11's export fails on the pools
     # (make gpu-check, 2026-12-04), and nothing smaller is ever run.
     decomposed = module_to_onnx(build(network, channels), example, opset, network.min_size)
@@ -154,12 +160,6 @@ def _write_graphs(network, channels, shapes, folder: Path, options) -> tuple[dic
         paths["tuned"] = _tuned(paths[DECOMPOSED], folder / "tuned.onnx", shapes, options)
         targets["tune"] = "tuned"
     return paths, targets
-
-
-def _opset(providers: tuple[str, ...]) -> int:
-    """The lowest of the opsets ``ln2d export`` writes for the providers' targets: every
-    provider then runs the nodes it has kernels for (CUDA has none for MaxPool-22)."""
-    return min(default_opset(provider) for provider in providers)
 
 
 def _int8(model: onnx.ModelProto, shape: list[int]) -> onnx.ModelProto:

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpu_serving import model_run, serve
+from gpu_serving import SERVERS, model_run, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("cpu", "cuda", "portable")
@@ -69,6 +69,15 @@ class Check:
     @property
     def seconds(self) -> float:
         return 0.2 if self.dry_run else 0.5
+
+    def model(self, target: str, precision: str = "fp32") -> Path:
+        """The digits model the artifacts step exports for ``target`` in ``precision``."""
+        return self.work / f"digits-{target}-{precision}.onnx"
+
+    @property
+    def served_model(self) -> Path:
+        """The one the serving steps run: exported for the provider's target."""
+        return self.model(self.provider)
 
     def limit(self, seconds: float) -> float:
         """A step's own time limit, cut to the time the check has left."""
@@ -119,7 +128,7 @@ def artifacts(check: Check) -> dict:
     made, refused = [], {}
     for target in TARGETS:
         for precision in PRECISIONS:
-            path = check.work / f"digits-{target}-{precision}.onnx"
+            path = check.model(target, precision)
             args = ["export", str(checkpoint), "-o", str(path), "--target", target]
             exported = check.ln2d(*args, "--precision", precision, timeout=120)
             if exported.returncode == 0:
@@ -141,7 +150,7 @@ def provider_without_torch(check: Check) -> dict:
         "found['torch_imported'] = 'torch' in sys.modules\n"
         "print(json.dumps(found))"
     )
-    model = check.work / "digits-cuda-fp32.onnx"
+    model = check.model("cuda")
     done = subprocess.run([sys.executable, "-c", probe, str(model)], capture_output=True,
                           text=True, timeout=check.limit(120))  # fmt: skip
     if done.returncode != 0:
@@ -220,8 +229,6 @@ STEPS: list[tuple[str, Callable[[Check], dict]]] = [
     ("bench_train", bench_train),
 ]
 MINIMUM_STEP_SECONDS = 20
-# gpu_serving.serve's servers, in table order (gpu_graphs: not in a dry run)
-SERVERS = ("gpu", "cpu", "gpu_unbatched", "gpu_switch", "gpu_graphs")
 
 
 def run(check: Check, report: Callable[[dict], None]) -> dict:

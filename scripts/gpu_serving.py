@@ -12,10 +12,10 @@ about 100 ms in the server and batches held 1.6 images. These steps measure the 
   after), and both servers are profiled under load by py-spy: Python stacks without stopping
   the process, then native stacks (where the threads wait: the GIL, CUDA, epoll).
 - model_run: the served ``Model.run`` alone per batch size: plain, with IO binding, and as a
-  captured CUDA graph per size (``static_batches``); then,
-  on the provider and on the CPU, a run called directly, through a one-thread pool as the
-  batcher calls it, through the pool while this thread keeps the GIL busy as a loaded event
-  loop does, and batches whose size changes on every call against a fixed size.
+  captured CUDA graph per size (``static_batches``); then, on the provider and on the CPU, a
+  run called directly, through a one-thread pool as the batcher calls it, through the pool
+  while this thread keeps the GIL busy as a loaded event loop does, and batches whose size
+  changes on every call against a fixed size.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from gpu_check import Check
 
 ROOT = Path(__file__).resolve().parents[1]
+# serve's servers, in the report's column order (gpu_graphs: not in a dry run)
+SERVERS = ("gpu", "cpu", "gpu_unbatched", "gpu_switch", "gpu_graphs")
 CONCURRENCY = (1, 8, 32)
 PROFILED_CONCURRENCY = 8  # where the CUDA server lost most on 2026-12-04
 SWITCH_INTERVAL_S = 5e-4
@@ -54,7 +56,7 @@ def serve(check: Check) -> dict:
     from ln2d.serve.tools.launcher import LaunchError, ServerProcess
     from ln2d.serve.tools.loadgen import run_load
 
-    model = check.work / f"digits-{'cpu' if check.dry_run else 'cuda'}-fp32.onnx"
+    model = check.served_model
     request = _v2_request(Model(model, "cpu", False, 1).info)
     gpu = ["--no-access-log", "--provider", check.provider]
     switched = [sys.executable, "-c", SWITCHED_SERVE]
@@ -193,7 +195,7 @@ def model_run(check: Check) -> dict:
     from ln2d.export.timing import interleaved
     from ln2d.serve.model import Model
 
-    path = check.work / f"digits-{'cpu' if check.dry_run else 'cuda'}-fp32.onnx"
+    path = check.served_model
     sizes = (1, 2, 8, 32)
     models = {name: Model(path, check.provider, False, 0, io_binding=name == "bound")
               for name in ("bound", "plain")}  # fmt: skip
