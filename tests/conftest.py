@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ln2d import native
 from tests.helpers import run_cli
 
 
@@ -32,6 +33,18 @@ def digits_onnx(digits_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
     result = run_cli("export", str(digits_checkpoint), "-o", str(path), "--target", SERVED_TARGET)
     assert result.returncode == 0, result.stderr
     return path
+
+
+@pytest.fixture(params=native.LEVELS)
+def native_level(request: pytest.FixtureRequest) -> str:
+    """Each x86-64 clone of the native kernels in turn, in both libraries; a level this CPU
+    lacks is skipped (the older-CPU lane runs the others)."""
+    if request.param not in native.cpu_levels():
+        pytest.skip(f"this CPU cannot run the {request.param} kernels")
+    before = native.level()
+    native.set_level(request.param)
+    yield request.param
+    native.set_level(before)
 
 
 def pytest_terminal_summary(terminalreporter):

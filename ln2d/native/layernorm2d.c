@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "levels.h"
 #include "ort_abi.h"
 
 enum { BLOCK = 256 }; /* pixels whose statistics are accumulated together */
@@ -33,7 +34,7 @@ typedef void (*NormaliseBlock)(const void* x, void* y, int64_t channels, int64_t
 typedef struct {
   int onnx_type; /* ONNXTensorElementDataType of X, scale, bias and Y */
   size_t element;
-  NormaliseBlock normalise;
+  NormaliseBlock normalise[LEVELS]; /* by x86-64 level (levels.h) */
 } ElementType;
 
 typedef struct {
@@ -45,21 +46,14 @@ static OrtStatus* fail(const char* message) {
   return CALL(CreateStatus, OrtStatus* (*)(int, const char*))(ORT_FAIL, message);
 }
 
-/* Each block function is compiled once per x86-64 level, and the loader picks the widest one
- * the CPU has (GCC's and clang's function multiversioning): AVX-512 on a server, AVX2 on a
- * laptop, SSE2 elsewhere, from one portable library. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define WIDEST_VECTORS __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define WIDEST_VECTORS
-#endif
-
 /* The statistics of `count` pixels starting at `x` (channel stride `plane`), then the output.
  * One body for each element type: fp16 values widen to double for the statistics and to float
- * for the output arithmetic, and only the stored result is rounded back to fp16. */
-#define NORMALISE_BLOCK(name, T)                                                                  \
-  WIDEST_VECTORS static void name(const void* x_in, void* y_out, int64_t channels, int64_t plane, int64_t count, \
-                   const void* scale_in, const void* bias_in, float epsilon) {                    \
+ * for the output arithmetic, and only the stored result is rounded back to fp16. Compiled once
+ * per x86-64 level (levels.h): AVX-512 on a server, AVX2 on a laptop, SSE2 elsewhere. */
+#define NORMALISE_BLOCK(name, attributes, T)                                                      \
+  attributes static void name(const void* x_in, void* y_out, int64_t channels, int64_t plane,     \
+                              int64_t count, const void* scale_in, const void* bias_in,           \
+                              float epsilon) {                                                    \
     const T *x = x_in, *scale = scale_in, *bias = bias_in;                                        \
     T* y = y_out;                                                                                 \
     double sum[BLOCK] = {0}, squares[BLOCK] = {0};                                                \
@@ -86,9 +80,9 @@ static OrtStatus* fail(const char* message) {
     }                                                                                             \
   }
 
-NORMALISE_BLOCK(normalise_block_fp32, float)
+PER_LEVEL(NORMALISE_BLOCK, normalise_block_fp32, float)
 #ifdef __FLT16_MAX__ /* the compiler has _Float16: the fp16 op is built too */
-NORMALISE_BLOCK(normalise_block_fp16, _Float16)
+PER_LEVEL(NORMALISE_BLOCK, normalise_block_fp16, _Float16)
 #endif
 
 /* The tensor's blocks (N x ceil(H*W / BLOCK)), numbered. Each block's result depends on that
@@ -123,7 +117,7 @@ static void layernorm2d(OrtKernelContext* context, const Kernel* kernel, const v
                         const int64_t* dims, const void* scale, const void* bias) {
   int64_t channels = dims[1], plane = dims[2] * dims[3];
   int64_t per_image = (plane + BLOCK - 1) / BLOCK, blocks = dims[0] * per_image;
-  Work work = {kernel->type->normalise, kernel->type->element, x, y, scale, bias, channels, plane,
+  Work work = {kernel->type->normalise[level()], kernel->type->element, x, y, scale, bias, channels, plane,
                per_image, kernel->epsilon};
   int64_t batches = dims[0] * channels * plane / MIN_PER_BATCH;
   if (batches > blocks) batches = blocks;
@@ -204,9 +198,10 @@ static size_t outputs(const OrtCustomOp* op) { (void)op; return 1; }
 static int required(const OrtCustomOp* op, size_t index) { (void)op; (void)index; return 0; }
 static int default_memory(const OrtCustomOp* op, size_t index) { (void)op; (void)index; return 0; }
 
-static const ElementType fp32 = {ONNX_FLOAT, sizeof(float), normalise_block_fp32};
+static const ElementType fp32 = {ONNX_FLOAT, sizeof(float), LEVEL_TABLE(normalise_block_fp32)};
 #ifdef __FLT16_MAX__
-static const ElementType fp16 = {ONNX_FLOAT16, sizeof(_Float16), normalise_block_fp16};
+static const ElementType fp16 = {ONNX_FLOAT16, sizeof(_Float16),
+                                 LEVEL_TABLE(normalise_block_fp16)};
 #endif
 
 #define TYPED_OP(type)                                                                          \

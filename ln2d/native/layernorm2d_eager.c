@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "levels.h"
+
 enum { FLOAT32 = 0, FLOAT64 = 1, BFLOAT16 = 2, FLOAT16 = 3 }; /* eager.py's dtype codes */
 enum { MAX_BLOCK = 256 }; /* pixels per block, at most */
 enum { BLOCK_VALUES = 32768 }; /* channels x pixels per block: X's and dY's blocks fit in L2 */
@@ -65,18 +67,10 @@ static inline uint16_t bf16_store(float f) {
 #define WIDEN(v) (v)
 #define NARROW_TO(T) (T)
 
-/* Each block function is compiled once per x86-64 level and the loader picks the widest the
- * CPU has, as in layernorm2d.c. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define WIDEST_VECTORS __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define WIDEST_VECTORS
-#endif
-
 /* y = (x - mean) * rstd * weight + bias for `count` pixels from `start` of one image. */
-#define FORWARD_BLOCK(name, T, F, LOAD, STORE)                                                  \
-  WIDEST_VECTORS static void name(const Problem* p, int64_t image, int64_t start,             \
-                                  int64_t count, int thread) {                                \
+#define FORWARD_BLOCK(name, attributes, T, F, LOAD, STORE)                                    \
+  attributes static void name(const Problem* p, int64_t image, int64_t start,                 \
+                              int64_t count, int thread) {                                    \
     (void)thread;                                                                             \
     const int64_t C = p->channels, plane = p->plane, offset = image * C * plane + start;      \
     const T* x = (const T*)p->x + offset;                                                     \
@@ -114,9 +108,9 @@ static inline uint16_t bf16_store(float f) {
 
 /* dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)) with g = dy * weight and
  * xhat = (x - mean) * rstd; this thread's dweight += sum(dy * xhat), dbias += sum(dy). */
-#define BACKWARD_BLOCK(name, T, F, LOAD, STORE)                                                 \
-  WIDEST_VECTORS static void name(const Problem* p, int64_t image, int64_t start,             \
-                                  int64_t count, int thread) {                                \
+#define BACKWARD_BLOCK(name, attributes, T, F, LOAD, STORE)                                   \
+  attributes static void name(const Problem* p, int64_t image, int64_t start,                 \
+                              int64_t count, int thread) {                                    \
     const int64_t C = p->channels, plane = p->plane, offset = image * C * plane + start;      \
     const T *x = (const T*)p->x + offset, *dy = (const T*)p->dy + offset;                     \
     T* dx = (T*)p->dx + offset;                                                               \
@@ -167,9 +161,9 @@ static inline uint16_t bf16_store(float f) {
 
 /* The same for channels_last (NHWC) tensors: each pixel's C values are one contiguous row, so
  * the loops run along the channels, and the parameters' partial sums are added row by row. */
-#define FORWARD_ROWS(name, T, F, LOAD, STORE)                                                   \
-  WIDEST_VECTORS static void name(const Problem* p, int64_t image, int64_t start,             \
-                                  int64_t count, int thread) {                                \
+#define FORWARD_ROWS(name, attributes, T, F, LOAD, STORE)                                     \
+  attributes static void name(const Problem* p, int64_t image, int64_t start,                 \
+                              int64_t count, int thread) {                                    \
     (void)image;                                                                              \
     (void)thread;                                                                             \
     const int64_t C = p->channels;                                                            \
@@ -197,9 +191,9 @@ static inline uint16_t bf16_store(float f) {
     }                                                                                         \
   }
 
-#define BACKWARD_ROWS(name, T, F, LOAD, STORE)                                                  \
-  WIDEST_VECTORS static void name(const Problem* p, int64_t image, int64_t start,             \
-                                  int64_t count, int thread) {                                \
+#define BACKWARD_ROWS(name, attributes, T, F, LOAD, STORE)                                    \
+  attributes static void name(const Problem* p, int64_t image, int64_t start,                 \
+                              int64_t count, int thread) {                                    \
     (void)image;                                                                              \
     const int64_t C = p->channels;                                                            \
     const F* weight = p->weight;                                                              \
@@ -228,19 +222,23 @@ static inline uint16_t bf16_store(float f) {
     }                                                                                         \
   }
 
-/* Every kernel of one element type: [layout][direction], layout 0 NCHW, 1 channels_last. */
+/* Every kernel of one element type: [level][layout][direction], layout 0 NCHW, 1 channels_last;
+ * each compiled once per x86-64 level (levels.h). */
 typedef struct {
-  BlockFunction kernel[2][2];
+  BlockFunction kernel[LEVELS][2][2];
 } Kernels;
 enum { FORWARD = 0, BACKWARD = 1 };
 
-#define KERNELS(suffix, T, F, LOAD, STORE)                       \
-  FORWARD_BLOCK(forward_##suffix, T, F, LOAD, STORE)             \
-  BACKWARD_BLOCK(backward_##suffix, T, F, LOAD, STORE)           \
-  FORWARD_ROWS(forward_rows_##suffix, T, F, LOAD, STORE)         \
-  BACKWARD_ROWS(backward_rows_##suffix, T, F, LOAD, STORE)       \
-  static const Kernels kernels_##suffix = {                      \
-      {{forward_##suffix, backward_##suffix}, {forward_rows_##suffix, backward_rows_##suffix}}};
+#define LAYOUTS(at_level, suffix)                                      \
+  {{at_level(forward_##suffix), at_level(backward_##suffix)},          \
+   {at_level(forward_rows_##suffix), at_level(backward_rows_##suffix)}}
+#define KERNELS(suffix, T, F, LOAD, STORE)                             \
+  PER_LEVEL(FORWARD_BLOCK, forward_##suffix, T, F, LOAD, STORE)        \
+  PER_LEVEL(BACKWARD_BLOCK, backward_##suffix, T, F, LOAD, STORE)      \
+  PER_LEVEL(FORWARD_ROWS, forward_rows_##suffix, T, F, LOAD, STORE)    \
+  PER_LEVEL(BACKWARD_ROWS, backward_rows_##suffix, T, F, LOAD, STORE)  \
+  static const Kernels kernels_##suffix = {                            \
+      {LAYOUTS(AT_DEFAULT, suffix), LAYOUTS(AT_V3, suffix), LAYOUTS(AT_V4, suffix)}};
 
 KERNELS(fp32, float, float, WIDEN, NARROW_TO(float))
 KERNELS(fp64, double, double, WIDEN, NARROW_TO(double))
@@ -358,7 +356,7 @@ static int run(Problem* p, int dtype, int channels_last, int direction, int thre
     if (p->block < 16) p->block = 16;
   }
   if (p->block > p->plane) p->block = p->plane;
-  return run_blocks(p, k->kernel[channels_last != 0][direction], threads);
+  return run_blocks(p, k->kernel[level()][channels_last != 0][direction], threads);
 }
 
 /* mean and rstd are written per pixel, in (N, H, W) order, where given. Returns the number of

@@ -76,7 +76,7 @@ QUANTITIES = ("y", "dx", "dweight", "dbias")
 @pytest.mark.parametrize("offset", [0.0, 3.0, 300.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_as_close_to_float64_as_pytorchs_layer_norm(layout, dtype, offset):
+def test_as_close_to_float64_as_pytorchs_layer_norm(native_level, layout, dtype, offset):
     """Over 40 random shapes, summed: the output and every gradient at least as close to the
     float64 truth as PyTorch's F.layer_norm (which channels_last fp32 *is*); per shape, never
     more than twice as far, give or take one rounding of the largest value."""
@@ -114,7 +114,7 @@ def test_gradcheck_in_double(layout, affine):
 @needs_native  # PyTorch's path sums dbias in the storage type's precision
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_keeps_fp32_statistics(layout, dtype):
+def test_low_precision_keeps_fp32_statistics(native_level, layout, dtype):
     # An offset of 64 with unit spread: fp16 / bf16 arithmetic for the statistics would lose
     # the deviations entirely (bf16 has 8 bits of mantissa).
     x, weight, bias, dy = inputs((2, 64, 5, 7), seed=2, offset=64.0, layout=layout, dtype=dtype)

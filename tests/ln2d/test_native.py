@@ -5,6 +5,7 @@ over many runs, and a runtime too old for it refused in one readable line."""
 from __future__ import annotations
 
 import ctypes
+import os
 import resource
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
@@ -68,7 +69,10 @@ def _run(session, x, scale, bias) -> np.ndarray:
     return session.run(None, {"x": x, "scale": scale, "bias": bias})[0]
 
 
-@settings(max_examples=80, deadline=None)
+# The level is set once for all examples, which is what the fixture check warns about.
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     batch=st.integers(0, 3),
     channels=st.integers(1, 40),
@@ -80,12 +84,15 @@ def _run(session, x, scale, bias) -> np.ndarray:
     seed=st.integers(0, 2**32 - 1),
     dtype=st.sampled_from([np.float32, np.float16]),
 )
-def test_matches_pytorch(batch, channels, height, width, epsilon, offset, spread, seed, dtype):
+def test_matches_pytorch(
+    native_level, batch, channels, height, width, epsilon, offset, spread, seed, dtype
+):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((batch, channels, height, width)) * spread + offset).astype(dtype)
     scale = rng.uniform(0.5, 1.5, channels).astype(dtype)
     bias = rng.uniform(-1, 1, channels).astype(dtype)
     got = _run(_session(channels, epsilon, dtype=dtype), x, scale, bias)
+    assert native.level() == native_level
     assert got.shape == x.shape and got.dtype == dtype
     exact = _torch(*(a.astype(np.float64) for a in (x, scale, bias)), epsilon)
     pytorch = _torch(x, scale, bias, epsilon)
@@ -221,3 +228,24 @@ def test_ln2d_native_library_names_another_build(monkeypatch, tmp_path):
     assert native.library() == copy
     monkeypatch.setenv(native.LIBRARY_VARIABLE, str(tmp_path / "absent.so"))
     assert native.library() is None and not native.available()
+
+
+def test_the_level_variable_picks_the_clone_and_an_unknown_one_the_widest():
+    """LN2D_NATIVE_LEVEL, read by the libraries themselves when a process first uses them."""
+    widest = native.cpu_levels()[-1]
+    for asked, expected in [*((n, n) for n in native.cpu_levels()), ("x86-64-v9", widest)]:
+        result = subprocess.run(
+            [sys.executable, "-c", "from ln2d import native; print(native.level())"],
+            env={**os.environ, native.LEVEL_VARIABLE: asked},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert result.stdout.strip() == expected
+
+
+def test_a_level_this_cpu_lacks_is_refused_and_nothing_changes():
+    before = native.level()
+    with pytest.raises(ValueError, match="this CPU runs"):
+        native.set_level("x86-64-v9")
+    assert native.level() == before
