@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARTIFACTS ?= artifacts
 
-.PHONY: demo test test-fast test-sanitized test-native-serving lint venv browser image image-test image-tools clean gpu-check gpu-check-dry
+.PHONY: demo test test-fast test-sanitized test-native-serving test-older-cpu lint venv browser image image-test image-tools clean gpu-check gpu-check-dry
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -88,6 +88,31 @@ test-sanitized: $(STAMP)
 		LN2D_EAGER_LIBRARY=$(abspath $(SANITIZED_EAGER)) \
 		$(BIN)/python -m pytest -s -p no:cacheprovider -m "not integration" -k "$(NO_CXX_THROW)" \
 		tests/ln2d/test_native.py tests/ln2d/test_functional.py
+
+# The numerics tests (marker cpu_numerics) again on an older CPU: qemu-user runs this .venv's
+# Python as a Haswell (x86-64-v3: AVX2 and FMA, no AVX-512, no VNNI), and every process it
+# starts too (the wrapper passes itself as argv[0], so sys.executable is the wrapper). The
+# models come from this machine, as a user's would: trained and exported here, then checked
+# there. u8s8.onnx is int8 in the scheme that drifts without VNNI, for the drift's own test.
+OLDER_CPU := Haswell-v4,-pcid,-x2apic,-tsc-deadline,-invpcid,-spec-ctrl
+LANE := build/older-cpu
+
+test-older-cpu: $(STAMP) /usr/bin/qemu-x86_64
+	rm -rf $(LANE) && mkdir -p $(LANE)
+	printf '#!/bin/sh\nexec qemu-x86_64 -cpu $(OLDER_CPU) -0 "$$0" "$$(dirname "$$0")/python" "$$@"\n' \
+		> $(BIN)/python-older-cpu && chmod +x $(BIN)/python-older-cpu
+	$(BIN)/ln2d train --out $(LANE)/digits.safetensors --no-progress
+	$(BIN)/ln2d export $(LANE)/digits.safetensors -o $(LANE)/digits.onnx
+	$(BIN)/ln2d export $(LANE)/digits.safetensors -o $(LANE)/fp16.onnx --precision fp16
+	$(BIN)/ln2d quantize $(LANE)/digits.onnx -o $(LANE)/u8s8.onnx --scheme u8s8 --per-channel \
+		--no-progress
+	LN2D_TEST_MODELS=$(abspath $(LANE)) timeout 600 $(BIN)/python-older-cpu -m pytest \
+		-p no:cacheprovider -m cpu_numerics
+
+/usr/bin/qemu-x86_64:
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user \
+		|| ($(SUDO) apt-get update -q \
+		    && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user)
 
 # The fast tier, in process (under a minute): fusion on hand-built graphs, the codec, the
 # batcher and the app with real tiny ONNX Runtime sessions. `make test` runs everything.

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from ln2d.cli import int_list
 from ln2d.commands import add_checkpoint_arguments, load_from_args
-from ln2d.constants import DEFAULT_TARGET, DEVICES, PROVIDERS, TARGETS
+from ln2d.constants import (
+    DEFAULT_INT8_SCHEME,
+    DEFAULT_TARGET,
+    DEVICES,
+    INT8_SCHEMES,
+    PROVIDERS,
+    TARGETS,
+)
 from ln2d.errors import UserError, writing
 
 DEFAULT_TRAIN_SHAPES = ((32, 96, 56, 56), (8, 256, 28, 28), (64, 64, 32, 32))
@@ -211,8 +218,9 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
         help="compare PyTorch against ONNX Runtime (CPU, CUDA) and fused against unfused",
         description="Compare CKPT, or the network --model builds with --weights loaded, with "
         "MODEL.onnx: elementwise within tolerances for a float model, by accuracy and top-1 "
-        "agreement for an int8 one (ln2d quantize). Exit code 0 only when every requested "
-        "comparison passed.",
+        "agreement for an int8 one (ln2d quantize). Given only ONNX files, replay the parity "
+        "record each carries (written by ln2d export, fuse and quantize) on this machine's "
+        "providers. Exit code 0 only when every requested comparison passed.",
     )
     # One list of files: CKPT first unless --model, then the ONNX files. A CKPT positional of
     # its own would take the first ONNX file whenever --model is given.
@@ -223,7 +231,8 @@ def _add_parity(commands: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="[CKPT] MODEL.onnx",
         help="CKPT (not with --model), then one or more ONNX files: an fp32 export, its int8 "
-        "and fp16 variants ... (compared in a summary)",
+        "and fp16 variants ... (compared in a summary); ONNX files alone: replay each one's "
+        "own parity record on this machine",
     )
     parity.add_argument(
         "--providers",
@@ -263,6 +272,8 @@ def run_parity(args: argparse.Namespace) -> int:
     from ln2d.export.parity.report import ParityOptions, precision_summary
 
     user_model = bool(args.user_model)
+    if not user_model and all(path.suffix == ".onnx" for path in args.files):
+        return _replay_records(args)
     checkpoint, models = (None, args.files) if user_model else (args.files[0], args.files[1:])
     if not models:
         raise UserError("give CKPT and one or more MODEL.onnx, or --model with MODEL.onnx")
@@ -294,6 +305,19 @@ def run_parity(args: argparse.Namespace) -> int:
     return 0 if all(report.passed for report in reports) else 1
 
 
+def _replay_records(args: argparse.Namespace) -> int:
+    """Each model's own parity record, replayed here (no checkpoint needed)."""
+    from ln2d.export.parity.replay import replay_file
+    from ln2d.export.parity.report import providers
+
+    requested, listed = providers(args.providers)
+    reports = [replay_file(path, listed, requested) for path in args.files]
+    print("\n\n".join(report.table() for report in reports))
+    dumped = [json.loads(report.to_json()) for report in reports]
+    _write(args.json, json.dumps(dumped[0] if len(dumped) == 1 else dumped, indent=2))
+    return 0 if all(report.passed for report in reports) else 1
+
+
 def _add_quantize(commands: argparse._SubParsersAction) -> None:
     quantize = commands.add_parser(
         "quantize",
@@ -315,6 +339,14 @@ def _add_quantize(commands: argparse._SubParsersAction) -> None:
     quantize.add_argument(
         "--per-channel", action="store_true", help="one scale per output channel of each weight"
     )
+    quantize.add_argument(
+        "--scheme",
+        choices=INT8_SCHEMES,
+        default=DEFAULT_INT8_SCHEME,
+        help="how weights are stored, activations being uint8: u8s7 (7-bit weights; the "
+        "default), the same accuracy on every x86-64 CPU; u8s8, which loses accuracy on CPUs "
+        "without VNNI (most AVX2 machines); u8u8, unsigned weights",
+    )
     quantize.add_argument("--json", type=Path, help="write the report as JSON")
     quantize.add_argument("--no-progress", action="store_true", help="no progress bar")
     quantize.set_defaults(run=run_quantize, extra="export,cpu")
@@ -326,7 +358,11 @@ def run_quantize(args: argparse.Namespace) -> int:
     if not args.model.is_file():
         raise UserError(f"model file not found: {args.model}")
     options = QuantizeOptions(
-        args.calibrate, args.samples, args.per_channel, progress=not args.no_progress
+        args.calibrate,
+        args.samples,
+        args.per_channel,
+        progress=not args.no_progress,
+        scheme=args.scheme,
     )
     report = quantize(args.model, args.output, options)
     print(report.table())

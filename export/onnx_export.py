@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -22,8 +23,9 @@ from ln2d import __version__
 from ln2d.checkpoint import Checkpoint
 from ln2d.constants import DEFAULT_TARGET
 from ln2d.errors import UserError
-from ln2d.export import metadata
+from ln2d.export import metadata, record
 from ln2d.export.fusion import FusionReport, fuse_model
+from ln2d.export.numerics import tolerance
 from ln2d.export.onnx_io import save_model
 from ln2d.metadata import InputSpec, ModelMetadata
 
@@ -58,6 +60,21 @@ def _in_precision(proto: onnx.ModelProto, precision: str) -> onnx.ModelProto:
         return to_fp16(proto)
     except Exception as exc:  # the converter and the checker raise many types
         raise UserError(f"fp16 conversion failed: {' '.join(str(exc).split())}") from None
+
+
+def _recorded(
+    proto: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, precision: str
+) -> onnx.ModelProto:
+    """``proto`` with its parity record: sample images, PyTorch's outputs for them, and the
+    tolerance ``ln2d parity`` holds the precision to, met here first (CheckFailed if not)."""
+    x = record.sample_images(spec)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).float().numpy()
+    keep = record.within_budget(x, [expected])
+    atol, rtol = tolerance(np.float16 if precision == "fp16" else np.float32)
+    inputs = {INPUT_NAME: x[:keep]}
+    record.attach(proto, record.checked(proto, inputs, [expected[:keep]], "PyTorch", atol, rtol))
+    return proto
 
 
 def default_opset(target: str) -> int:
@@ -104,7 +121,7 @@ def export_module(
         labels=None if labels is None else tuple(labels),
     )
     metadata.write(proto, values)
-    save_model(_in_precision(proto, precision), Path(path))
+    save_model(_recorded(_in_precision(proto, precision), model, spec, precision), Path(path))
     return report
 
 
@@ -134,7 +151,7 @@ def export_checkpoint(
     )
     metadata.write(proto, values)
     proto.doc_string = f"SimpleLN_CNN exported by ln2d {__version__}"
-    return _in_precision(proto, precision), report
+    return _recorded(_in_precision(proto, precision), model, spec, precision), report
 
 
 def to_onnx(

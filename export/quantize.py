@@ -6,6 +6,11 @@
 A quantizer that puts Q/DQ pairs inside a norm rounds its mean and variance to 8 bits and
 wrecks its precision. The sites' statistics nodes (``fusion.site_nodes``) are left out of
 quantization: the norm reads the dequantized input and computes in float.
+
+The scheme (how weights are stored) decides whether the accuracy measured here holds on every
+x86-64 CPU: on one without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with
+AVX2's ``vpmaddubsw``, which adds pairs of products in 16 bits and saturates. 7-bit weights
+(``u8s7``) cannot saturate it; see SCHEMES and docs/precision.md.
 """
 
 from __future__ import annotations
@@ -21,16 +26,57 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
+from ln2d import machine
+from ln2d.constants import DEFAULT_INT8_SCHEME
 from ln2d.errors import UserError
-from ln2d.export import metadata
+from ln2d.export import metadata, record
 from ln2d.export.fusion import Site, fuse_model
 from ln2d.export.fusion.site_nodes import statistics_nodes
 from ln2d.export.fusion.verify import FusionError
+from ln2d.export.numerics import tolerance
 from ln2d.export.onnx_io import load_model, save_model
 from ln2d.metadata import ModelMetadata
 from ln2d.runtime import open_session
 
 CALIBRATION_BATCH = 16
+# An int8 model's parity record allows twice the error to the float model measured here. Its
+# integer kernels compute the same integers on every CPU where they do not saturate, so a replay
+# there measures the same error (seen: equal on AVX-512 VNNI and under qemu -cpu Haswell with
+# u8s7); u8s8 on the saturating AVX2 path measured 11x (docs/precision.md).
+RECORD_MARGIN = 2.0
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How the weights are stored. Activations are uint8 in every scheme: on x86 ONNX Runtime
+    fuses only uint8 activations into QLinearConv (with int8 ones it ran float Convs between
+    Q/DQ pairs, 1.5x slower than fp32 on the ConvNeXt-atto-like network)."""
+
+    weights: QuantType
+    reduce_range: bool  # weights in 7 bits
+    summary: str
+
+    def to_json(self) -> dict:
+        bits = 7 if self.reduce_range else 8
+        signed = "int" if self.weights == QuantType.QInt8 else "uint"
+        return {"activations": "uint8", "weights": f"{signed}{bits}"}
+
+
+# By ln2d.constants.INT8_SCHEMES. Measured on both of ONNX Runtime's x86 paths (AVX-512 VNNI, and
+# AVX2 under qemu -cpu Haswell) by scripts/int8_schemes.py: docs/benchmarks.md, "INT8 schemes".
+SCHEMES = {
+    "u8s7": Scheme(
+        QuantType.QInt8, True, "7-bit weights: the same accuracy on every x86-64 CPU (default)"
+    ),
+    "u8s8": Scheme(
+        QuantType.QInt8,
+        False,
+        "8-bit weights: loses accuracy on x86 CPUs without VNNI (AVX2's 16-bit sums saturate)",
+    ),
+    "u8u8": Scheme(
+        QuantType.QUInt8, False, "unsigned 8-bit weights: no saturation, slower kernels"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +85,7 @@ class QuantizeOptions:
     samples: int = 256
     per_channel: bool = False
     progress: bool = True
+    scheme: str = DEFAULT_INT8_SCHEME  # a key of SCHEMES
 
 
 @dataclass(frozen=True)
@@ -49,6 +96,7 @@ class QuantizeReport:
     calibration_samples: int
     evaluation_samples: int
     per_channel: bool
+    scheme: str
     float_sites: int  # LayerNorm2d sites left in float
     float_nodes: int  # their nodes
     accuracy_fp32: float | None  # on the evaluation images, where their labels are the model's
@@ -71,7 +119,8 @@ class QuantizeReport:
         drop = self.accuracy_drop_points
         return "\n".join(
             [
-                f"quantized {self.model} -> {self.output} (QDQ, int8, "
+                f"quantized {self.model} -> {self.output} (QDQ, {self.scheme}: "
+                f"{SCHEMES[self.scheme].to_json()['weights']} "
                 f"{'per-channel' if self.per_channel else 'per-tensor'} weights)",
                 f"calibration: {self.calibration_samples} images from {self.calibration}; "
                 f"evaluated on {self.evaluation_samples} others",
@@ -103,16 +152,20 @@ def quantize(model_path: Path, output: Path, options: QuantizeOptions) -> Quanti
             precision={
                 "precision": "int8",
                 "format": "QDQ",
+                "scheme": options.scheme,
+                **SCHEMES[options.scheme].to_json(),
                 "per_channel": options.per_channel,
                 "calibration": options.calibrate,
                 "calibration_samples": len(calibration),
                 "float_sites": sites,
+                "measured_on": machine.describe(),
             }
         ),
     )
     _check(quantized)
-    save_model(quantized, output)
     fp32, int8 = (_logits(m, images[evaluation]) for m in (source, quantized))
+    record.attach(quantized, _record(quantized, images[evaluation], fp32, int8))
+    save_model(quantized, output)
     truth = labels[evaluation] if labels is not None else None
     return QuantizeReport(
         model=str(model_path),
@@ -121,6 +174,7 @@ def quantize(model_path: Path, output: Path, options: QuantizeOptions) -> Quanti
         calibration_samples=len(calibration),
         evaluation_samples=len(evaluation),
         per_channel=options.per_channel,
+        scheme=options.scheme,
         float_sites=len(sites),
         float_nodes=len(keep_float),
         accuracy_fp32=None if truth is None else float((fp32.argmax(1) == truth).mean()),
@@ -129,11 +183,23 @@ def quantize(model_path: Path, output: Path, options: QuantizeOptions) -> Quanti
     )
 
 
+def _record(model: onnx.ModelProto, images: np.ndarray, fp32: np.ndarray, int8: np.ndarray):
+    """The first evaluation images and the float model's logits for them, held to RECORD_MARGIN
+    times the error the int8 model has here."""
+    count = record.within_budget(images[: record.SAMPLES], [fp32[: record.SAMPLES]])
+    measured = float(np.abs(int8[:count] - fp32[:count]).max())
+    atol = max(RECORD_MARGIN * measured, tolerance(np.float32)[0])
+    inputs = {model.graph.input[0].name: images[:count]}
+    return record.checked(model, inputs, [fp32[:count]], "the float model", atol, 0.0)
+
+
 def quantize_model(
     model: onnx.ModelProto, images: np.ndarray, options: QuantizeOptions
 ) -> tuple[onnx.ModelProto, list[str], list[str]]:
     """The INT8 model calibrated on ``images``, the nodes left in float and their sites.
     Fuses first."""
+    if options.scheme not in SCHEMES:
+        raise UserError(f"unknown scheme {options.scheme!r}: choose from {', '.join(SCHEMES)}")
     floating = _fuse_for_int8(model)
     keep_float, sites = statistics_nodes(floating)
     return _quantize(floating, images, keep_float, options), keep_float, sites
@@ -163,16 +229,15 @@ def _quantize(
         # Shapes inferred ahead, as the quantizer asks; no graph optimization, which would
         # rename the site nodes that must stay in float.
         quant_pre_process(model, source, skip_optimization=True, skip_symbolic_shape=True)
+        scheme = SCHEMES[options.scheme]
         quantize_static(
             source,
             target,
             _Calibration(model.graph.input[0].name, images, options.progress),
             quant_format=QuantFormat.QDQ,
-            # uint8 activations with int8 weights: on x86 ONNX Runtime fuses only this pairing
-            # into QLinearConv here; with int8 activations it ran float Convs between Q/DQ
-            # pairs, 1.5x slower than fp32 on the ConvNeXt-atto-like network.
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=scheme.weights,
+            reduce_range=scheme.reduce_range,
             per_channel=options.per_channel,
             nodes_to_exclude=keep_float,
         )

@@ -28,6 +28,11 @@ AMP_DTYPES = ("bf16", "fp16")
 TARGETS = ("cpu", "cpu-native", "cuda", "portable")
 DEFAULT_TARGET = "cpu"
 
+# How ln2d quantize stores int8 weights (export.quantize.SCHEMES says what each is) and the
+# default, chosen by measurement on both of ONNX Runtime's x86 paths (docs/precision.md).
+INT8_SCHEMES = ("u8s7", "u8s8", "u8u8")
+DEFAULT_INT8_SCHEME = "u8s7"
+
 # The norm layers SimpleLN_CNN can be built with (ln2d.model holds their constructors).
 NORMS = ("layernorm2d", "batchnorm", "groupnorm", "instancenorm", "none")
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from ln2d.parity_record import ParityRecord
 from ln2d.preprocessing import SCALE
 
 PREFIX = "ln2d."
@@ -86,6 +87,7 @@ class ModelMetadata:
     fusion: dict | None = None  # the fusion summary: sites, forms, checks, tuning
     precision: dict | None = None  # reduced precision and how it was made; None: fp32
     requires: str | None = None  # the library a runtime must load: "ln2d.native"
+    parity_record: ParityRecord | None = None  # inputs, outputs and tolerance, to replay
 
     @property
     def precision_name(self) -> str:
@@ -98,7 +100,7 @@ class ModelMetadata:
             value = getattr(self, field.name)
             if value is None:
                 continue
-            if isinstance(value, InputSpec):
+            if isinstance(value, InputSpec | ParityRecord):
                 value = value.to_json()
             elif isinstance(value, tuple):
                 value = list(value)
@@ -131,6 +133,8 @@ def _parse(key: str, text: str):
     value = json.loads(text)
     if key == "input":
         return InputSpec.from_json(value)
+    if key == "parity_record":
+        return ParityRecord.from_json(value)
     if key == "labels":
         if not isinstance(value, list):
             raise TypeError("labels must be a JSON list")

@@ -1,7 +1,9 @@
 """A model repository on disk, in Triton's layout, which ``ln2d triton-repo`` writes and
 ``ln2d serve REPO_DIR`` reads, so that one folder runs on either::
 
-    REPO/<name>/config.pbtxt        optional for ln2d; its version_policy is honoured
+    REPO/<name>/config.pbtxt        optional for ln2d; its version_policy is honoured, and its
+                                    parameter ln2d.accept_drift ("true": serve the model even
+                                    where its parity record does not hold)
     REPO/<name>/labels.txt          optional; the model's own ln2d metadata comes first
     REPO/<name>/<version>/model.onnx
 
@@ -21,6 +23,7 @@ from ln2d import pbtxt
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.onnx"  # Triton's default_model_filename for the ONNX Runtime backend
+ACCEPT_DRIFT = "ln2d.accept_drift"  # a config.pbtxt parameter: true serves a drifted model
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _VERSION = re.compile(r"[0-9]{1,18}")
 
@@ -61,6 +64,7 @@ class ModelFolder:
     policy: VersionPolicy
     model_file: str
     on_disk: dict[int, Path]  # version -> model file
+    accept_drift: bool = False  # serve versions whose parity record fails on this machine
 
     @property
     def selected(self) -> dict[int, Path]:
@@ -110,7 +114,7 @@ def read_model_folder(root: Path, name: str) -> ModelFolder:
             f"{name}: no version to serve (policy {policy.describe()}; on disk: "
             f"{sorted(on_disk) or 'none'}; each version is a numbered folder with {model_file})"
         )
-    return ModelFolder(name, folder, policy, model_file, on_disk)
+    return ModelFolder(name, folder, policy, model_file, on_disk, _accept_drift(config, name))
 
 
 def version_number(text: str) -> int | None:
@@ -146,6 +150,19 @@ def _policy(config: dict, name: str) -> VersionPolicy:
     if not isinstance(count, int) or count < 1:
         raise RepositoryError(f"{name}: version_policy latest needs num_versions >= 1")
     return VersionPolicy("latest", count=count)
+
+
+def _accept_drift(config: dict, name: str) -> bool:
+    """Triton's ``parameters`` map: ``{ key: "ln2d.accept_drift" value: { string_value:
+    "true" } }``."""
+    for parameter in pbtxt.as_list(config.get("parameters", [])):
+        if isinstance(parameter, dict) and parameter.get("key") == ACCEPT_DRIFT:
+            value = parameter.get("value")
+            text = value.get("string_value") if isinstance(value, dict) else None
+            if text not in ("true", "false"):
+                raise RepositoryError(f'{name}: {ACCEPT_DRIFT} is string_value "true" or "false"')
+            return text == "true"
+    return False
 
 
 def _stat(path: Path) -> tuple[int, int]:

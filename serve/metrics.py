@@ -59,6 +59,13 @@ class Metrics:
             "ln2d_model_ready", "1 while a model version takes traffic", MODEL, registry=r
         )
         self.ready = Gauge("ln2d_ready", "1 when the server accepts inference", registry=r)
+        self.parity_record_ratio = Gauge(
+            "ln2d_parity_record_ratio",
+            "A model version's parity record replayed on this machine at load: the error "
+            "measured over the tolerance it was made with (above 1: drifted)",
+            MODEL,
+            registry=r,
+        )
 
     def for_model(self, name: str, version: int) -> ModelMetrics:
         return ModelMetrics(self, name, str(version))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ln2d.constants import PROVIDERS
 from ln2d.metadata import ModelMetadata
+from ln2d.parity_record import ParityRecord, Replay, replay
 from ln2d.preprocessing import SCALE
 from ln2d.runtime import ProviderNotActive, SessionSettings, available_providers, open_session
 from ln2d.serve.static_batches import StaticBatches
@@ -82,7 +83,7 @@ class Model:
         self.load_seconds = time.monotonic() - started
         self.provider = self.session.get_providers()[0]
         self.threads = threads
-        info = _info(self.session, path, labels)
+        info, self.record = _info(self.session, path, labels)
         self.info = info if name is None else dataclasses.replace(info, name=name)
         on_gpu = self.provider == PROVIDERS["cuda"]
         device = "cuda" if on_gpu else "cpu"
@@ -116,6 +117,18 @@ class Model:
         binding.bind_output(self.info.output_name, self._device)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+    def replay(self) -> Replay | None:
+        """The model's parity record run through this session here (None without a record).
+        One sample at a time: every server runs batch 1, whatever its batch settings."""
+        if self.record is None:
+            return None
+
+        def run(feeds) -> list[np.ndarray]:
+            (x,) = feeds.values()
+            return [np.concatenate([self.run(x[i : i + 1]) for i in range(len(x))])]
+
+        return replay(self.record, run, "cuda" if self.provider == PROVIDERS["cuda"] else "cpu")
 
     def close(self) -> None:
         """Release the session now, not whenever the last reference goes."""
@@ -154,7 +167,9 @@ def _session(path: Path, provider: str, cpu_fallback: bool, threads: int, graphs
         raise ModelLoadError(f"cannot load {path}: {exc}") from exc
 
 
-def _info(session, path: Path, labels: tuple[str, ...] | None) -> ModelInfo:
+def _info(
+    session, path: Path, labels: tuple[str, ...] | None
+) -> tuple[ModelInfo, ParityRecord | None]:
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
         raise ModelLoadError(
@@ -171,7 +186,7 @@ def _info(session, path: Path, labels: tuple[str, ...] | None) -> ModelInfo:
         )
     try:
         meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
-        return _from_metadata(meta, inputs[0], outputs[0])
+        return _from_metadata(meta, inputs[0], outputs[0]), meta.parity_record
     except (KeyError, ValueError, TypeError) as exc:
         log.warning(
             "%s has no usable ln2d metadata (%s); serving with labels.txt or index labels, the "
@@ -180,7 +195,7 @@ def _info(session, path: Path, labels: tuple[str, ...] | None) -> ModelInfo:
             path,
             exc,
         )
-        return _from_graph(path, inputs[0], outputs[0], labels)
+        return _from_graph(path, inputs[0], outputs[0], labels), None
 
 
 def _from_metadata(meta: ModelMetadata, model_input, model_output) -> ModelInfo:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ln2d.cpu_quota import available_cpus
+from ln2d.parity_record import Replay
 from ln2d.repository import (
     ModelFolder,
     RepositoryError,
@@ -65,6 +66,7 @@ class ServedVersion:
     memory_bytes: int
     load_seconds: float
     file_stat: tuple[int, int]
+    replay: Replay | None = None  # its parity record, replayed here at load
     users: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -378,6 +380,7 @@ class Registry:
             await asyncio.to_thread(model.warm_up, sizes)
         except Exception as exc:  # onnxruntime's own error types: a shape the model refuses
             raise ModelLoadError(f"warm-up failed: {exc}") from exc
+        replay = await self._replay(model, folder, version)
         metrics = self.metrics.for_model(folder.name, version)
         settings = self.settings
         batcher = Batcher(
@@ -409,8 +412,43 @@ class Registry:
             memory / 2**20,
         )
         return ServedVersion(
-            folder.name, version, path, model, batcher, metrics, memory, seconds, _stat(path)
+            folder.name,
+            version,
+            path,
+            model,
+            batcher,
+            metrics,
+            memory,
+            seconds,
+            _stat(path),
+            replay,
         )
+
+    async def _replay(self, model: Model, folder: ModelFolder, version: int) -> Replay | None:
+        """The model's parity record, run here before the version takes traffic: a drift
+        refuses the version (ModelLoadError) unless the settings or its folder accept it."""
+        started = time.monotonic()
+        replay = await asyncio.to_thread(model.replay)
+        if replay is None:
+            log.info("model %r version %d carries no parity record to replay", folder.name, version)
+            return None
+        self.metrics.parity_record_ratio.labels(folder.name, str(version)).set(replay.ratio)
+        if replay.passed:
+            log.info(
+                "model %r version %d: parity record holds here (%.2fx its tolerance, %d inputs, "
+                "%.1f ms)",
+                folder.name,
+                version,
+                replay.ratio,
+                replay.record.samples,
+                1000 * (time.monotonic() - started),
+            )
+            return replay
+        drift = f"its parity record does not hold on this machine: {replay.summary()}"
+        if not (self.settings.accept_drift or folder.accept_drift):
+            raise ModelLoadError(f"{drift}; not served (--accept-drift serves it anyway)")
+        log.warning("model %r version %d: %s; served (drift accepted)", folder.name, version, drift)
+        return replay
 
     async def _retire(self, served: ServedVersion) -> None:
         """Out of the routing table already: wait for its requests (up to the drain timeout),

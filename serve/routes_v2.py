@@ -47,6 +47,7 @@ def router(state: DataPlane) -> APIRouter:
                 "precision": info.precision,
                 "labels": list(info.labels),
                 "max_batch_size": state.settings.max_batch,
+                **({"parity_record": served.replay.to_json()} if served.replay else {}),
             },
         }
 

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         description="with --provider cuda: pad each batch to a power of two (or to max_batch) "
         "and run it as the CUDA graph captured for that size at warm-up",
     )
+    accept_drift: bool = Field(
+        False,
+        description="serve a model whose parity record does not hold on this machine (the "
+        "drift is still logged and shown in its metadata and metrics); a repository model can "
+        "accept it in its config.pbtxt (parameter ln2d.accept_drift: true)",
+    )
     max_batch: int = Field(
         BATCHING.max_batch, ge=1, le=1024, description="largest batch sent to the model"
     )

@@ -97,3 +97,32 @@ def _model(nodes, inits, opset, in_shape, out_shape) -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+# A machine that recorded a parity record elsewhere: what a model made on a VNNI server says.
+ELSEWHERE = {
+    "machine": "x86_64",
+    "cpu_features": ["X86_V2", "X86_V3", "X86_V4", "AVX512VNNI"],
+    "provider": "cpu",
+    "onnxruntime": "1.32.0",
+}
+
+
+def with_record(model: onnx.ModelProto, shift: float = 0.0) -> onnx.ModelProto:
+    """``classifier``'s model carrying a parity record of four random inputs and its logits
+    computed here in float64 numpy (mean over H and W, then the Gemm), plus ``shift``: a record
+    that holds (0), or one that a drift of ``shift`` breaks."""
+    from ln2d.export import metadata
+    from ln2d.metadata import ModelMetadata
+    from ln2d.parity_record import ParityRecord
+
+    weights = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    x = np.random.default_rng(7).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    logits = x.astype(np.float64).mean(axis=(2, 3)) @ weights["w"] + weights["b"] + shift
+    record = ParityRecord(
+        {"input": x}, (logits.astype(np.float32),), 1e-4, 1e-4, "numpy", ELSEWHERE, 0.1
+    )
+    recorded = onnx.ModelProto()
+    recorded.CopyFrom(model)
+    metadata.write(recorded, ModelMetadata(parity_record=record))
+    return recorded

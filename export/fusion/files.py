@@ -8,14 +8,18 @@ input had one, or when they are past protobuf's 2 GB; else it is one inline file
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ln2d import machine
 from ln2d.constants import DEFAULT_TARGET
 from ln2d.errors import UserError
 from ln2d.export import metadata, onnx_io
 from ln2d.export.fusion import FusionReport, Matched, lower, match, verify
+from ln2d.export.fusion.verify import probe_record, reference
+from ln2d.metadata import ModelMetadata
 
 INLINE_LIMIT = onnx_io.PROTOBUF_LIMIT - (64 << 20)  # room for the graph beside the weights
 
@@ -51,6 +55,11 @@ def fuse_file(source: Path, output: Path, options: FuseFileOptions = FuseFileOpt
         fused, report = _tuned(matched, options) if options.tune else lower(matched, options.target)
         if report.fused:
             metadata.write(fused, report.entries("tune" if options.tune else options.target))
+        stage("running the input model at the probe shapes")
+        expected = reference(opened.path)  # before the write: one model in memory at a time
+        record = _record(opened.proto, expected)
+        if record is not None:
+            metadata.write(fused, ModelMetadata(parity_record=record))
         external = options.external_data or opened.external
         if not external and onnx_io.tensor_bytes(fused) > INLINE_LIMIT:
             report.notes.append(
@@ -61,8 +70,17 @@ def fuse_file(source: Path, output: Path, options: FuseFileOptions = FuseFileOpt
             onnx_io.write(fused, written, opened.folder, external, options.progress)
             del fused  # weights written inline were loaded for it: the gate reads the file
             stage("checking: onnx.checker, ONNX Runtime, the input's numbers")
-            verify(opened.path, written, report)  # against the file as it came
+            verify(opened.path, written, report, expected, record)  # against the file as it came
     return Fused(report, external)
+
+
+def _record(source, expected):
+    """The parity record the fused model carries: the input's own, checked again by the gate
+    here, or one the gate's first probe makes (None where the input does not run here)."""
+    carried = metadata.read(source).parity_record
+    if carried is None:
+        return probe_record(expected)
+    return dataclasses.replace(carried, recorded_on=machine.describe(), ratio=None)
 
 
 def _tuned(matched: Matched, options: FuseFileOptions):

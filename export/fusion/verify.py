@@ -1,6 +1,7 @@
 """The gate every fused model passes before it is written: onnx.checker with full shape
-inference, a session in ONNX Runtime (CPU), and the same numbers as the input graph on random
-inputs at two shapes. A failure names the step and, where it can be told, the site."""
+inference, a session in ONNX Runtime (CPU), the same numbers as the input graph on random
+inputs at two shapes, and the parity record the model will carry. A failure names the step
+and, where it can be told, the site."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ln2d import machine
 from ln2d.errors import CheckFailed
 from ln2d.export.fusion.report import FusionReport
 from ln2d.export.fusion.site_nodes import SITE_PREFIX
 from ln2d.export.numerics import close, numpy_type, tolerance
+from ln2d.parity_record import ParityRecord, replay
 from ln2d.runtime import SessionSettings, open_session
 
 # Sizes given to symbolic dimensions, per probe: (the first dimension, every other one).
@@ -25,14 +28,23 @@ PROBES = ((1, (32, 32)), (2, (48, 40)), (1, (64, 64)), (2, (96, 80)), (1, (224, 
 # A model in memory, or a file: the form for models with external data, whichever size. The
 # checker and ONNX Runtime then read the file, with its data, from its own folder.
 ModelRef = onnx.ModelProto | Path
+# The input graph's outputs at the probe shapes: (feeds, outputs) per probe that ran.
+Expected = list[tuple[dict, list[np.ndarray]]]
 
 
 class FusionError(CheckFailed):
     """The fused model failed the gate: nothing is written."""
 
 
-def verify(original: ModelRef, fused: ModelRef, report: FusionReport) -> None:
-    """Raise FusionError unless ``fused`` is valid, loads, and computes what ``original`` does.
+def verify(
+    original: ModelRef,
+    fused: ModelRef,
+    report: FusionReport,
+    expected: Expected | None = None,
+    record: ParityRecord | None = None,
+) -> None:
+    """Raise FusionError unless ``fused`` is valid, loads, computes what ``original`` does
+    (``expected``: its outputs, from ``reference`` ahead of time) and meets ``record``.
     Records each step in ``report.verification``. One session lives at a time: the input's
     outputs are computed first, so a large model is held once, not twice."""
     steps = report.verification
@@ -41,7 +53,7 @@ def verify(original: ModelRef, fused: ModelRef, report: FusionReport) -> None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise _failure("onnx.checker", exc) from exc
     steps["onnx.checker"] = "pass"
-    expected = _expected(original)
+    expected = reference(original) if expected is None else expected
     try:
         session = _session(fused)
     except Exception as exc:  # onnxruntime raises its own, unexported exception types
@@ -65,9 +77,32 @@ def verify(original: ModelRef, fused: ModelRef, report: FusionReport) -> None:
                 raise FusionError(_numbers_message(original, fused, feeds, report))
     shapes = [[list(v.shape) for v in feeds.values()] for feeds, _ in expected]
     steps["numerics"] = {"status": "pass", "shapes": shapes}
+    if record is not None:
+        result = replay(record, lambda feeds: session.run(None, dict(feeds)))
+        if not result.passed:
+            raise FusionError(f"fused model fails its parity record: {result.summary()}")
+        steps["parity record"] = "pass"
 
 
-def _expected(original: ModelRef) -> list[tuple[dict, list[np.ndarray]]] | None:
+def probe_record(expected: Expected | None) -> ParityRecord | None:
+    """The first probe's random inputs and the input graph's outputs for them, held to the
+    gate's own tolerance (``_within``): the record ``ln2d fuse`` writes into a model that came
+    without one. None where the input did not run, or one probe is past the record's budget."""
+    from ln2d.export.record import BUDGET_BYTES
+
+    if not expected:
+        return None
+    feeds, outputs = expected[0]
+    if sum(a.nbytes for a in [*feeds.values(), *outputs]) > BUDGET_BYTES:
+        return None
+    floating = [o for o in outputs if np.issubdtype(o.dtype, np.floating)]
+    atol, rtol = tolerance(floating[0].dtype if floating else np.float32)
+    scale = max([1.0, *(float(np.abs(o[np.isfinite(o)]).max(initial=0.0)) for o in floating)])
+    here = machine.describe()
+    return ParityRecord(feeds, tuple(outputs), atol * scale, rtol, "the input graph", here, None)
+
+
+def reference(original: ModelRef) -> Expected | None:
     """Random inputs and the input graph's outputs at the first two probe shapes it runs at;
     None if it does not load."""
     try:

@@ -17,7 +17,7 @@ from ln2d.export.onnx_io import load_model
 from ln2d.export.parity.bisect import bisect
 from ln2d.export.parity.compare import compare, gates
 from ln2d.export.parity.inputs import checkpoint_inputs
-from ln2d.export.parity.report import Comparison, ParityOptions, ParityReport
+from ln2d.export.parity.report import Comparison, ParityOptions, ParityReport, providers
 from ln2d.runtime import SessionSettings, available_providers, open_session
 from ln2d.training import predict_logits
 
@@ -49,7 +49,7 @@ def check_parity(
     x = np.asarray(inputs).astype(dtype)
     reference = predict_logits(model, x.astype(np.float32))
     unfused = _unfused(model, onnx_model, x)
-    requested, listed = _providers(options.providers)
+    requested, listed = providers(options.providers)
     report = ParityReport(
         str(model_path),
         options.data,
@@ -89,18 +89,6 @@ def _unfused(model: torch.nn.Module, onnx_model: onnx.ModelProto, x: np.ndarray)
     opset = next(o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
     example = torch.from_numpy(x[:2].astype(np.float32))
     return to_onnx(model, example, max(opset, 18), fuse=False, target="cpu")[0]
-
-
-def _providers(spec: str) -> tuple[list[str], list[str]]:
-    """(requested, listed): 'auto' requests cpu and cuda-if-present, and lists both."""
-    if spec == "auto":
-        has_cuda = "cuda" in available_providers()
-        return (["cpu", "cuda"] if has_cuda else ["cpu"]), ["cpu", "cuda"]
-    names = [p.strip() for p in spec.split(",") if p.strip()]
-    unknown = [p for p in names if p not in PROVIDERS]
-    if unknown or not names:
-        raise UserError(f"unknown provider(s) {unknown or spec!r}: choose from cpu, cuda, auto")
-    return names, names
 
 
 def _session(model: onnx.ModelProto, provider: str):

@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from ln2d.constants import PROVIDERS
+from ln2d.errors import UserError
+from ln2d.runtime import available_providers
+
 
 @dataclass(frozen=True)
 class ParityOptions:
@@ -115,3 +119,15 @@ def precision_summary(reports: list[ParityReport]) -> str:
 
 def _percent(fraction: float | None) -> str:
     return "" if fraction is None else f"{100 * fraction:.2f} %"
+
+
+def providers(spec: str) -> tuple[list[str], list[str]]:
+    """(requested, listed): 'auto' requests cpu and cuda-if-present, and lists both."""
+    if spec == "auto":
+        has_cuda = "cuda" in available_providers()
+        return (["cpu", "cuda"] if has_cuda else ["cpu"]), ["cpu", "cuda"]
+    names = [p.strip() for p in spec.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PROVIDERS]
+    if unknown or not names:
+        raise UserError(f"unknown provider(s) {unknown or spec!r}: choose from cpu, cuda, auto")
+    return names, names

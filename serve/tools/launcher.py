@@ -38,9 +38,11 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         command: Sequence[str] | None = None,
         ready_timeout: float = 60.0,
+        wait_ready: bool = True,
     ) -> None:
         """``command`` (default: this Python's ``ln2d serve``) ``model --port 0 args``; with
-        ``model=None``, the command and ``env`` alone say what to serve and where."""
+        ``model=None``, the command and ``env`` alone say what to serve and where. Returns
+        once the server is ready, or with ``wait_ready=False`` once it listens."""
         argv = list(command or [sys.executable, "-m", "ln2d", "serve"])
         if model is not None:
             argv += [str(model), "--port", "0"]
@@ -56,7 +58,7 @@ class ServerProcess:
         self.host, self.port = "", 0
         self.grpc_port: int | None = None  # when started with --grpc-port
         threading.Thread(target=self._read_logs, daemon=True).start()
-        self._wait_ready(ready_timeout)
+        self._wait_ready(ready_timeout, wait_ready)
 
     @property
     def url(self) -> str:
@@ -74,14 +76,14 @@ class ServerProcess:
                 self.host, self.port = match[1], int(match[2])
                 self._address.set()
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float, ready: bool) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise LaunchError(
                     f"ln2d serve exited with {self.process.returncode}: {self.tail()}"
                 )
-            if self._address.is_set() and self.ready():
+            if self._address.is_set() and (not ready or self.ready()):
                 return
             time.sleep(0.05)
         self.kill()

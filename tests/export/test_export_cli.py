@@ -183,8 +183,9 @@ def test_fuse_truncated_and_old_opset(exported, tmp_path):
 
 
 def test_parity_without_a_model_file_after_ckpt_says_so(tmp_path):
-    # One file and no --model: it is CKPT, and no ONNX file is left to compare.
-    result = run_cli("parity", str(tmp_path / "model.onnx"))
+    # A checkpoint and no --model: no ONNX file is left to compare (ONNX files alone would be
+    # replayed against their own records).
+    result = run_cli("parity", str(tmp_path / "model.safetensors"))
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "ln2d parity: error: give CKPT and one or more MODEL.onnx, or --model with MODEL.onnx"

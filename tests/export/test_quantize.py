@@ -32,14 +32,20 @@ def unfused_onnx(digits_checkpoint, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("source", ["digits_onnx", "unfused_onnx"])
+@pytest.mark.parametrize(
+    "source", [pytest.param("digits_onnx", marks=pytest.mark.cpu_numerics), "unfused_onnx"]
+)
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
 def test_int8_keeps_accuracy_and_every_norm_in_float(source, per_channel, request, tmp_path):
     model = request.getfixturevalue(source)
     out, report = tmp_path / "int8.onnx", tmp_path / "report.json"
     _quantize(model, out, "--json", str(report), *(["--per-channel"] if per_channel else []))
     numbers = json.loads(report.read_text())
-    assert numbers["accuracy_drop_points"] <= 0.5 and numbers["top1_agreement"] >= 0.99
+    # 0.2 points (3 of the 1,541 images) on every x86-64 CPU: with the default u8s7 scheme
+    # the drop measured -0.06 to 0.00 on AVX-512 VNNI and on AVX2 (docs/benchmarks.md, "INT8
+    # schemes"); u8s8 dropped 0.52 on AVX2. 0.99 agreement is ln2d parity's int8 gate.
+    assert numbers["scheme"] == "u8s7"
+    assert numbers["accuracy_drop_points"] <= 0.2 and numbers["top1_agreement"] >= 0.99
     assert numbers["float_sites"] == 3  # SimpleLN_CNN's three LayerNorm2d
     quantized = onnx.load(out)
     ops = {node.op_type for node in quantized.graph.node}

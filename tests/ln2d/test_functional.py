@@ -72,6 +72,7 @@ def pytorch_layer_norm(x, weight, bias, eps=1e-6):
 QUANTITIES = ("y", "dx", "dweight", "dbias")
 
 
+@pytest.mark.cpu_numerics
 @needs_native
 @pytest.mark.parametrize("offset", [0.0, 3.0, 300.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -111,6 +112,7 @@ def test_gradcheck_in_double(layout, affine):
     assert torch.autograd.gradcheck(lambda *a: layer_norm_2d(*a, 1e-5), args)
 
 
+@pytest.mark.cpu_numerics
 @needs_native  # PyTorch's path sums dbias in the storage type's precision
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -69,6 +69,7 @@ def _run(session, x, scale, bias) -> np.ndarray:
     return session.run(None, {"x": x, "scale": scale, "bias": bias})[0]
 
 
+@pytest.mark.cpu_numerics
 # The level is set once for all examples, which is what the fixture check warns about.
 @settings(
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -115,6 +116,7 @@ def test_matches_pytorch(
     assert np.all(ours <= bound), float((ours - bound).max())
 
 
+@pytest.mark.cpu_numerics
 def test_nan_and_inf_poison_their_pixel_as_in_pytorch():
     x = np.random.default_rng(0).standard_normal((1, 4, 2, 3)).astype(np.float32)
     x[0, 1, 0, 0], x[0, 2, 1, 2], x[0, 0, 1, 0] = np.nan, np.inf, -np.inf
@@ -125,6 +127,7 @@ def test_nan_and_inf_poison_their_pixel_as_in_pytorch():
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.cpu_numerics
 def test_one_and_two_threads_give_the_same_bits():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((4, 64, 28, 28)).astype(np.float32)
@@ -230,6 +233,7 @@ def test_ln2d_native_library_names_another_build(monkeypatch, tmp_path):
     assert native.library() is None and not native.available()
 
 
+@pytest.mark.cpu_numerics
 def test_the_level_variable_picks_the_clone_and_an_unknown_one_the_widest():
     """LN2D_NATIVE_LEVEL, read by the libraries themselves when a process first uses them."""
     widest = native.cpu_levels()[-1]
@@ -244,6 +248,7 @@ def test_the_level_variable_picks_the_clone_and_an_unknown_one_the_widest():
         assert result.stdout.strip() == expected
 
 
+@pytest.mark.cpu_numerics
 def test_a_level_this_cpu_lacks_is_refused_and_nothing_changes():
     before = native.level()
     with pytest.raises(ValueError, match="this CPU runs"):

@@ -17,7 +17,8 @@ from ln2d.preprocessing import normalise, to_pixels
 from ln2d.serve.app import create_app
 from ln2d.serve.model import Model
 from ln2d.serve.settings import Settings
-from tests.tiny_models import classifier
+from tests.serve.prometheus import sample
+from tests.tiny_models import ELSEWHERE, classifier, with_record
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +160,44 @@ def test_warm_before_serving_is_ready_at_startup_and_the_self_test_runs_the_mode
             else:
                 with pytest.raises(RuntimeError, match="non-finite logits"):
                     http.portal.call(state.self_test)
+
+
+def _app_for(path, **settings):
+    options = Settings(model_path=path, max_batch=4, access_log=False, **settings)
+    return create_app(options, Model(path, "cpu", cpu_fallback=False, threads=1))
+
+
+def _settled(http: TestClient) -> None:
+    """Wait until startup has loaded (or failed to load) the model."""
+    deadline = time.monotonic() + 30
+    while "loading" in http.get("/v2/health/ready").json().get("error", ""):
+        assert time.monotonic() < deadline, "the model never finished loading"
+        time.sleep(0.05)
+
+
+def test_a_model_whose_parity_record_fails_here_never_becomes_ready(tmp_path):
+    path = tmp_path / "drifted.onnx"
+    onnx.save(with_record(classifier(), shift=0.01), str(path))
+    with TestClient(_app_for(path)) as http:
+        _settled(http)
+        ready = http.get("/v2/health/ready")
+        assert ready.status_code == 400
+        error = ready.json()["error"]
+        assert "parity record does not hold on this machine" in error and "max abs error" in error
+        refused = http.post("/v1/classify", content=_png(np.zeros((8, 8), np.uint8)))
+        assert refused.status_code == 503
+        assert sample(http.get("/metrics").text, "ln2d_parity_record_ratio", model="tiny") > 1
+
+
+def test_an_accepted_drift_serves_and_the_metadata_shows_it(tmp_path):
+    path = tmp_path / "drifted.onnx"
+    onnx.save(with_record(classifier(), shift=0.01), str(path))
+    with TestClient(_app_for(path, accept_drift=True)) as http:
+        _settled(http)
+        assert http.get("/v2/health/ready").status_code == 200
+        record = http.get("/v2/models/tiny").json()["parameters"]["parity_record"]
+        assert record["passed"] is False and record["ratio"] > 1 and record["samples"] == 4
+        assert record["recorded_on"]["cpu_features"] == ELSEWHERE["cpu_features"]
+        answer = http.post("/v1/classify", content=_png(np.zeros((8, 8), np.uint8)),
+                           headers={"content-type": "image/png"})  # fmt: skip
+        assert answer.status_code == 200

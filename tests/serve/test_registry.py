@@ -16,7 +16,8 @@ from ln2d.serve.errors import ApiError
 from ln2d.serve.metrics import Metrics
 from ln2d.serve.registry import LoadFailed, Registry, Source
 from ln2d.serve.settings import Settings
-from tests.tiny_models import classifier
+from tests.serve.prometheus import sample
+from tests.tiny_models import classifier, with_record
 
 X = np.zeros((1, 1, 8, 8), np.float32)
 
@@ -156,5 +157,91 @@ def test_a_poll_loads_new_models_unloads_gone_ones_and_retries_only_changed_file
         await models.poll()
         assert [s.name for s in models.ready_versions()] == ["b"]
         await models.stop()
+
+    run(main())
+
+
+def _recorded(repo: Path, name: str, shift: float, config: str = "") -> None:
+    path = repo / name / "1" / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(with_record(classifier(), shift), str(path))
+    if config:
+        (repo / name / "config.pbtxt").write_text(config)
+
+
+ACCEPT = 'parameters: { key: "ln2d.accept_drift" value: { string_value: "true" } }'
+
+
+def test_a_version_whose_parity_record_holds_here_serves_and_says_so(tmp_path):
+    _recorded(tmp_path, "m", shift=0.0)
+
+    async def main():
+        models = registry(tmp_path)
+        await models.load("m")
+        try:
+            replay = models.resolve("m").replay
+            assert replay.passed and replay.record.samples == 4
+            text = models.metrics.exposition().decode()
+            ratio = sample(text, "ln2d_parity_record_ratio", model="m")
+            assert ratio == pytest.approx(replay.ratio)
+        finally:
+            await models.stop()
+
+    run(main())
+
+
+def test_a_drifted_version_is_refused_with_the_numbers_and_the_old_one_keeps_serving(tmp_path):
+    add_version(tmp_path, "m", 1)
+
+    async def main():
+        models = registry(tmp_path, model_control_mode="explicit")
+        await models.load("m")
+        try:
+            path = tmp_path / "m" / "2" / "model.onnx"
+            path.parent.mkdir()
+            onnx.save(with_record(classifier(), shift=0.01), str(path))
+            with pytest.raises(LoadFailed) as refused:
+                await models.load("m")
+            reason = str(refused.value)
+            assert "parity record does not hold on this machine" in reason
+            assert "max abs error 0.01" in reason and "--accept-drift" in reason
+            assert "since it was recorded" in reason  # this machine is not the recording's
+            assert models.resolve("m").version == 1  # what served before still serves
+            text = models.metrics.exposition().decode()
+            ratio = sample(text, "ln2d_parity_record_ratio", model="m", version="2")
+            assert ratio > 1
+            states = {(e.get("version"), e["state"]) for e in models.index()}
+            assert ("2", "UNAVAILABLE") in states
+        finally:
+            await models.stop()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("settings", "config"), [({"accept_drift": True}, ""), ({}, ACCEPT)], ids=["flag", "config"]
+)
+def test_a_drift_accepted_by_flag_or_config_is_served_and_shown(tmp_path, settings, config):
+    _recorded(tmp_path, "m", shift=0.01, config=config)
+
+    async def main():
+        models = registry(tmp_path, **settings)
+        await models.load("m")
+        try:
+            replay = models.resolve("m").replay
+            assert not replay.passed and replay.ratio > 1
+        finally:
+            await models.stop()
+
+    run(main())
+
+
+def test_the_accept_drift_parameter_takes_true_or_false_only(tmp_path):
+    _recorded(tmp_path, "m", shift=0.0, config=ACCEPT.replace('"true"', '"yes"'))
+
+    async def main():
+        models = registry(tmp_path)
+        with pytest.raises(LoadFailed, match='is string_value "true" or "false"'):
+            await models.load("m")
 
     run(main())

@@ -19,6 +19,7 @@ def _fused():
     return model, fused, report
 
 
+@pytest.mark.cpu_numerics
 def test_a_faithful_fusion_passes_every_step():
     model, fused, report = _fused()
     verify(model, fused, report)
@@ -27,6 +28,7 @@ def test_a_faithful_fusion_passes_every_step():
     assert steps["numerics"]["status"] == "pass" and len(steps["numerics"]["shapes"]) == 2
 
 
+@pytest.mark.cpu_numerics
 def test_a_fusion_that_computes_something_else_names_the_site():
     model, fused, report = _fused()
     (eps,) = [t for t in fused.graph.initializer if t.name.startswith("ln2d_eps")]
