@@ -14,9 +14,10 @@ from tests.helpers import ROOT
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_the_dry_run_runs_every_step_and_writes_its_report(tmp_path):
+def test_the_dry_run_runs_every_step_and_writes_its_report(digits_checkpoint, tmp_path):
     script = ROOT / "scripts" / "gpu_check.py"
     command = [sys.executable, str(script), "--dry-run", "--out", str(tmp_path)]
+    command += ["--checkpoint", str(digits_checkpoint)]  # trained once for the whole session
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
@@ -27,6 +28,8 @@ def test_the_dry_run_runs_every_step_and_writes_its_report(tmp_path):
     ]  # fmt: skip
     assert {r["status"] for r in steps.values()} <= {"ok", "skipped"}
     assert len(steps["artifacts"]["models"]) == 6  # every target, fp32 and fp16
+    replayed = steps["parity"]["models"]
+    assert len(replayed) == 6 and all(r["passed"] and r["ratio"] <= 1 for r in replayed.values())
     # The torch-free process never imported torch, and says why CUDA did not come up.
     torch_free = steps["provider_without_torch"]
     assert torch_free["torch_imported"] is False and "ln2d[serve,gpu]" in torch_free["error"]
