@@ -53,15 +53,20 @@ $(CHROMIUM):
 		|| ($(SUDO) apt-get update -q \
 		    && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
+# Two pytest-xdist workers, each given whole files: the tests wait on servers and subprocesses
+# as much as they compute, and a file's module fixtures (a Ray cluster, a server) stay one.
+WORKERS ?= -n 2 --dist loadfile
+
 test: lint browser
-	$(BIN)/python -m pytest -m "not image"
+	$(BIN)/python -m pytest -m "not image" $(WORKERS)
 	$(MAKE) test-sanitized
 	$(MAKE) test-native-serving
 
-# Every serving test again (the folder: a new one cannot be missed), the served model fused for
-# cpu-native (ln2d's own op) this time.
+# The serving tests again with the served model fused for cpu-native (ln2d's own op): every
+# test of the folder that serves the digits model (a new one cannot be missed), but those
+# marked any_target, whose outcome does not depend on how it was fused (tests/conftest.py).
 test-native-serving: $(STAMP)
-	LN2D_TEST_TARGET=cpu-native $(BIN)/python -m pytest -p no:cacheprovider tests/serve
+	LN2D_TEST_TARGET=cpu-native $(BIN)/python -m pytest -p no:cacheprovider $(WORKERS) tests/serve
 
 # The native kernels built again with AddressSanitizer and UBSan (any finding aborts), and their
 # tests run once against those builds (LN2D_NATIVE_LIBRARY and LN2D_EAGER_LIBRARY point ln2d
@@ -117,7 +122,7 @@ test-older-cpu: $(STAMP) /usr/bin/qemu-x86_64
 # The fast tier, in process (under a minute): fusion on hand-built graphs, the codec, the
 # batcher and the app with real tiny ONNX Runtime sessions. `make test` runs everything.
 test-fast: lint
-	$(BIN)/python -m pytest -m "not integration and not image"
+	$(BIN)/python -m pytest -m "not integration and not image" $(WORKERS)
 
 # The container images, built and run with buildah (no Docker daemon needed; root or sudo).
 # Where no registry is reachable, docker/stand-in-base.sh makes the Python base from Debian's

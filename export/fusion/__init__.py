@@ -20,6 +20,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common as passes
 from onnxscript.rewriter import pattern
 
+from ln2d import native
 from ln2d.export.fusion.canonicalize import canonical_rules
 from ln2d.export.fusion.diagnose import rejected_sites
 from ln2d.export.fusion.forms import centrable, lowers
@@ -30,6 +31,8 @@ from ln2d.export.fusion.scopes import site_modules
 from ln2d.export.fusion.site_nodes import SITE_PREFIX
 from ln2d.export.fusion.targets import DEFAULT_TARGET, FormChoice, chooser
 from ln2d.export.fusion.verify import FusionError, verify
+
+_SHAPED_LIKE_INPUT = {(native.DOMAIN, native.OP), (DOMAIN, PLACEHOLDER)}
 
 __all__ = ["FusionError", "FusionReport", "Matched", "Site", "fuse_model", "lower", "match"]
 
@@ -146,13 +149,27 @@ def _to_fixpoint(
 
 
 def _reinfer_shapes(model: ir.Model) -> None:
-    """Forget intermediate shapes (rewrites reuse names) and infer them afresh."""
+    """Forget intermediate shapes (rewrites reuse names) and infer them afresh. ONNX's inference
+    stops at ops it has no schema for; those that are shaped like their input (ln2d's native op,
+    the placeholders) get their input's shape, and inference goes on past them."""
     boundary = {*model.graph.inputs, *model.graph.outputs}
     for node in model.graph:
         for value in node.outputs:
             if value not in boundary:
                 value.shape = None
-    passes.ShapeInferencePass(data_prop=True)(model)
+    while True:
+        passes.ShapeInferencePass(data_prop=True)(model)
+        stopped = [
+            node
+            for node in model.graph
+            if (node.domain, node.op_type) in _SHAPED_LIKE_INPUT
+            and node.outputs[0].shape is None
+            and node.inputs[0].shape is not None
+        ]
+        if not stopped:
+            return
+        for node in stopped:
+            node.outputs[0].shape, node.outputs[0].type = node.inputs[0].shape, node.inputs[0].type
 
 
 def _name_sites(model: ir.Model, opset: int) -> list[Site]:
@@ -178,7 +195,7 @@ def _name_sites(model: ir.Model, opset: int) -> list[Site]:
                 centrable=centrable(x),
                 producer=x.producer().op_type if x.producer() else "graph input",
                 opset=opset,
-                original="transpose_layernorm" if already else "reduce_div",
+                original=node.attributes["original"].as_string() if already else "reduce_div",
             )
         )
     return sites

@@ -21,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from ln2d import native
 from ln2d.export.fusion._ir import FLOAT_TYPES, const_array, keepdims, normalized_axes, scalar
 
 # The placeholder's own domain, internal to fusion: ai.ln2d is the native op's (ln2d.native).
@@ -155,12 +156,42 @@ class AlreadyFused(pattern.RewriteRuleClassBase):
             "epsilon": 1e-5 if eps is None else eps.as_float(),
             "style": "transpose_layernormalization",
             "already_fused": 1,
+            "original": "transpose_layernorm",
         }
         return result
 
     def rewrite(self, op, x, scale, **_):
         inputs = [x, scale] + ([self._bias] if self._bias is not None else [])
         return placeholder(op, inputs, self._attributes)
+
+
+class NativeSite(pattern.RewriteRuleClassBase):
+    """``ai.ln2d::LayerNorm2d``, ln2d's own kernel from an earlier fusion: a site already fused,
+    which another target (or INT8, whose quantizer runs without ln2d's library) re-lowers."""
+
+    def pattern(self, op, x, scale, bias):
+        return op.LayerNorm2d(
+            x, scale, bias, _domain=native.DOMAIN, _allow_other_attributes=True, _outputs=["norm"]
+        )
+
+    def check(self, context, x, scale, bias, norm, **_):
+        result = pattern.MatchResult()
+        if const_array(scale) is None or const_array(bias) is None:
+            return result.fail("scale or bias is not a constant")
+        reason = rejection(x, None, [])
+        if reason:
+            return result.fail(reason)
+        eps = norm.producer().attributes.get("epsilon")
+        self._attributes = {
+            "epsilon": 1e-6 if eps is None else eps.as_float(),  # the kernel's own default
+            "style": "ln2d_native",
+            "already_fused": 1,
+            "original": "native",
+        }
+        return result
+
+    def rewrite(self, op, x, scale, bias, **_):
+        return placeholder(op, [x, scale, bias], self._attributes)
 
 
 def _channel_constant(value: ir.Value, channels: int) -> np.ndarray | None:
@@ -224,7 +255,8 @@ class AbsorbBias(_AbsorbAffine):
 
 def matching_rules() -> pattern.RewriteRuleSet:
     return pattern.RewriteRuleSet(
-        [DivideByStd.rule(), MultiplyByInverseStd.rule(), AlreadyFused.rule()], commute=True
+        [DivideByStd.rule(), MultiplyByInverseStd.rule(), AlreadyFused.rule(), NativeSite.rule()],
+        commute=True,
     )
 
 

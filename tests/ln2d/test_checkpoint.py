@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from ln2d.checkpoint import StateDictFlags, load_checkpoint
 from ln2d.errors import UserError
@@ -71,9 +72,10 @@ def test_bad_files_give_readable_errors(tmp_path, content, name, message):
         load_checkpoint(path)
 
 
-def test_truncated_checkpoint(tmp_path, digits_checkpoint):
-    path = tmp_path / "cut.safetensors"
-    path.write_bytes(digits_checkpoint.read_bytes()[:5000])
+def test_truncated_checkpoint(tmp_path):
+    whole, path = tmp_path / "whole.safetensors", tmp_path / "cut.safetensors"
+    save_file(SimpleLN_CNN(1, 10, (8, 16)).state_dict(), str(whole))
+    path.write_bytes(whole.read_bytes()[:5000])
     with pytest.raises(UserError, match="not a readable safetensors"):
         load_checkpoint(path)
 

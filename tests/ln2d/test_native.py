@@ -254,3 +254,19 @@ def test_a_level_this_cpu_lacks_is_refused_and_nothing_changes():
     with pytest.raises(ValueError, match="this CPU runs"):
         native.set_level("x86-64-v9")
     assert native.level() == before
+
+
+@pytest.mark.integration
+def test_a_native_model_fuses_for_other_targets_and_quantizes(native_onnx, tmp_path):
+    """Native sites are sites already fused: ln2d fuse lowers them for another target, and
+    ln2d quantize keeps them in float as standard ops (its quantizer runs without the library)."""
+    portable = tmp_path / "portable.onnx"
+    fused = run_cli("fuse", str(native_onnx), "-o", str(portable), "--target", "portable")
+    assert fused.returncode == 0, fused.stderr
+    assert "3 LayerNorm2d candidate site(s): 0 fused, 3 already fused" in fused.stdout
+    ops = [node.op_type for node in onnx.load(portable).graph.node]
+    assert ops.count("LayerNormalization") == 3 and "LayerNorm2d" not in ops
+    int8 = tmp_path / "int8.onnx"
+    quantized = run_cli("quantize", str(native_onnx), "-o", str(int8), "--no-progress")
+    assert quantized.returncode == 0, quantized.stderr
+    assert all(node.domain != native.DOMAIN for node in onnx.load(int8).graph.node)

@@ -23,7 +23,7 @@ from tests.helpers import reference_session, run_cli
 from tests.images import png
 from tests.tiny_models import classifier
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 X = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
 TENSOR = {"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": X.ravel().tolist()}
@@ -216,6 +216,7 @@ def test_a_polled_repository_loads_new_models_refuses_broken_ones_and_serves_on(
         assert traffic.result.status_counts() == {200: len(traffic.result.statuses)}
 
 
+@pytest.mark.any_target
 def test_a_version_swap_under_load_fails_no_request(repo):
     """Concurrency 32 for 30 s; after 10 s version 2 is added and loaded, which (latest 1)
     retires version 1, whose folder is then deleted."""
@@ -250,6 +251,7 @@ def test_a_version_swap_under_load_fails_no_request(repo):
     assert p99_during <= 2 * p99_before
 
 
+@pytest.mark.any_target
 def test_load_and_unload_50_times_returns_the_memory(repo):
     with serve(repo, "--model-control-mode", "explicit", "--load-models", "tiny") as server:
         client = triton.InferenceServerClient(f"{server.host}:{server.port}")
@@ -264,6 +266,7 @@ def test_load_and_unload_50_times_returns_the_memory(repo):
         assert traffic.result.status_counts() == {200: len(traffic.result.statuses)}
 
 
+@pytest.mark.any_target
 def test_one_model_overloaded_leaves_the_other_alone(repo):
     with serve(repo, "--max-queue", "8") as server:
         digits = http_request(

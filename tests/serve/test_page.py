@@ -44,6 +44,7 @@ ANSWERED = "Failed to load resource: the server responded with a status of"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.integration,
+    pytest.mark.any_target,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: `make browser`"),
 ]
 

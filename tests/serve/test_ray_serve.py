@@ -203,6 +203,7 @@ def unavailable_or_lost_by_ray(status: int | str, body: bytes) -> bool:
     return unavailable(status, body) or (status == 500 and not body.startswith(b"{"))
 
 
+@pytest.mark.any_target
 def test_a_worker_node_lost_under_load(cluster, digits_onnx):
     """Concurrency 16 for 30 s: 5 clients that never retry, 6 that retry a 503 or a connection
     error once, 5 that also retry Ray's own 500. After 10 s one worker node's processes are
@@ -249,6 +250,7 @@ class Hold:
         return True
 
 
+@pytest.mark.any_target
 def test_readiness_is_not_200_while_no_replica_runs(cluster, digits_onnx):
     """One replica, whose node is killed while the other worker's CPUs are taken: no replica
     can run, and readiness probes (2 s timeout, as a Kubernetes probe has) do not answer 200
@@ -283,6 +285,7 @@ def _probe(url: str) -> int | str:
         return "timeout"
 
 
+@pytest.mark.any_target
 def test_autoscaling_grows_under_load_and_shrinks_after(cluster, digits_onnx):
     scaling = Scaling(
         minimum=1, maximum=2, target_ongoing_requests=2, upscale_delay_s=1, downscale_delay_s=3
@@ -296,6 +299,7 @@ def test_autoscaling_grows_under_load_and_shrinks_after(cluster, digits_onnx):
     assert not clients.failed()
 
 
+@pytest.mark.any_target
 def test_a_rolling_update_to_a_new_model_file_fails_no_request(cluster, tmp_path):
     old, new = tmp_path / "old" / "model.onnx", tmp_path / "new" / "model.onnx"
     for path, seed in ((old, 1), (new, 2)):
@@ -324,6 +328,7 @@ def test_a_rolling_update_to_a_new_model_file_fails_no_request(cluster, tmp_path
     print(f"rolling update: {len(clients.outcomes)} answers, none failed")
 
 
+@pytest.mark.any_target
 def test_the_serve_config_file_deploys_on_the_cluster(cluster, digits_onnx):
     """docker/ray/serve-config.yaml's application, as ``serve run`` builds it, with this
     test's model for its model path."""
@@ -337,6 +342,7 @@ def test_the_serve_config_file_deploys_on_the_cluster(cluster, digits_onnx):
     assert app["args"]["min_replicas"] <= cluster.running_replicas() <= app["args"]["max_replicas"]
 
 
+@pytest.mark.any_target
 def test_deleting_the_application_drains_the_requests_in_flight(cluster, digits_onnx):
     cluster.deploy(digits_onnx, Scaling(replicas=1), max_delay_ms=1000, max_batch=64)
     url = cluster.url + "/v1/classify"
@@ -353,6 +359,7 @@ def _queued(url: str) -> float:
     return sample(httpx.get(url + "/metrics", timeout=30).text, "ln2d_queue_depth")
 
 
+@pytest.mark.any_target
 def test_the_command_serves_until_sigterm_then_drains_and_deletes(cluster, digits_onnx):
     command = [sys.executable, "-m", "ln2d", "serve-ray", str(digits_onnx), "--replicas", "1",
                "--address", cluster.cluster.address, "--port", str(cluster.port),
@@ -374,6 +381,7 @@ def test_the_command_serves_until_sigterm_then_drains_and_deletes(cluster, digit
     assert httpx.get(cluster.url + "/v2/health/ready").status_code == 404
 
 
+@pytest.mark.any_target
 @pytest.mark.parametrize(
     ("args", "message"),
     [

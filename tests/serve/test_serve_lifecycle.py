@@ -25,7 +25,7 @@ from tests.helpers import cuda_unavailable, run_cli
 from tests.images import digit, png
 from tests.serve.prometheus import sample
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 GOOD_PNG = png(digit(0)[0])
 PNG_HEADERS = {"content-type": "image/png"}
@@ -46,6 +46,7 @@ def test_concurrent_requests_are_batched(digits_onnx):
         assert _metric(server.url, "ln2d_batch_size_bucket", le="1.0") < runs
 
 
+@pytest.mark.any_target
 def test_overload_is_refused_fast_and_the_server_stays_ready(digits_onnx):
     with ServerProcess(digits_onnx, ["--max-queue", "4", "--max-batch", "4"]) as server:
         request = http_request("POST", "/v1/classify", GOOD_PNG, PNG_HEADERS)
@@ -165,6 +166,7 @@ def test_cuda_graphs_server_classifies(digits_onnx):
         assert answer.status_code == 200 and answer.json()["provider"] == "CUDAExecutionProvider"
 
 
+@pytest.mark.any_target
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -266,6 +268,7 @@ def test_many_clients_on_both_apis_at_once(digits_onnx):
             assert set(pool.map(one, range(64))) == {label}
 
 
+@pytest.mark.any_target
 def test_clients_that_leave_mid_body_are_499_not_500(digits_onnx):
     """A bounded storm of clients that send half a body and hang up, on loopback: each is
     counted as 499, nothing is a 500, no traceback is logged, and normal clients are served."""
@@ -293,6 +296,7 @@ def _counter(metrics: str, endpoint: str, status: str) -> float:
         return 0.0
 
 
+@pytest.mark.any_target
 def test_a_body_late_for_the_deadline_gets_408_and_normal_clients_are_served(digits_onnx):
     """Twenty clients send a head and a sliver of body, then stall. Each gets 408 once the
     request deadline passes, and its connection is closed; meanwhile others are served."""
@@ -312,6 +316,7 @@ def test_a_body_late_for_the_deadline_gets_408_and_normal_clients_are_served(dig
         assert _counter(metrics, "/v1/classify", "500") == 0
 
 
+@pytest.mark.any_target
 def test_connections_without_a_complete_head_are_closed(digits_onnx):
     """Silent sockets and a head trickled a byte at a time are closed after --head-timeout-s;
     a client that sends whole requests on a kept-alive connection is not."""
@@ -353,6 +358,7 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     return received
 
 
+@pytest.mark.any_target
 def test_bench_serve_compares_with_the_plain_endpoint(digits_onnx, tmp_path):
     """A short real run: every scenario against the plain endpoint, with ratios and the A/A."""
     out = tmp_path / "serve.json"

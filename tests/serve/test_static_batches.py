@@ -7,11 +7,21 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import onnx
 import pytest
 
 from ln2d.serve.model import Model
 from ln2d.serve.static_batches import batch_sizes
 from tests.helpers import cuda_unavailable
+from tests.tiny_models import classifier
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """A real hand-built classifier: padding and shared buffers do not depend on the model."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    onnx.save(classifier(), str(path))
+    return path
 
 
 @pytest.mark.parametrize(
@@ -27,9 +37,9 @@ def _batches(model: Model, counts) -> list[np.ndarray]:
     return [rng.standard_normal((n, *model.info.sample_shape)).astype(np.float32) for n in counts]
 
 
-def test_every_batch_size_gives_the_plain_runs_logits(digits_onnx):
-    plain = Model(digits_onnx, "cpu", False, 1)
-    static = Model(digits_onnx, "cpu", False, 1, static_batches=batch_sizes(8))
+def test_every_batch_size_gives_the_plain_runs_logits(tiny_onnx):
+    plain = Model(tiny_onnx, "cpu", False, 1)
+    static = Model(tiny_onnx, "cpu", False, 1, static_batches=batch_sizes(8))
     static.warm_up(list(range(1, 9)))
     for batch in _batches(plain, range(1, 9)):  # 3, 5, 6 and 7 are padded
         np.testing.assert_allclose(static.run(batch), plain.run(batch), rtol=1e-5, atol=1e-6)
@@ -38,10 +48,10 @@ def test_every_batch_size_gives_the_plain_runs_logits(digits_onnx):
     static.close()
 
 
-def test_runs_from_many_threads_each_get_their_own_logits(digits_onnx):
+def test_runs_from_many_threads_each_get_their_own_logits(tiny_onnx):
     """The bound buffers are shared: runs from the event loop's threads must not mix."""
-    plain = Model(digits_onnx, "cpu", False, 1)
-    static = Model(digits_onnx, "cpu", False, 1, static_batches=batch_sizes(4))
+    plain = Model(tiny_onnx, "cpu", False, 1)
+    static = Model(tiny_onnx, "cpu", False, 1, static_batches=batch_sizes(4))
     batches = _batches(plain, [1, 2, 3, 4] * 4)
     expected = [plain.run(batch) for batch in batches]
     got: list[np.ndarray | None] = [None] * len(batches)
@@ -60,15 +70,14 @@ def test_runs_from_many_threads_each_get_their_own_logits(digits_onnx):
     static.close()
 
 
-def test_static_batches_bind_their_own_buffers(digits_onnx):
+def test_static_batches_bind_their_own_buffers(tiny_onnx):
     with pytest.raises(ValueError, match="not with io_binding"):
-        Model(digits_onnx, "cpu", False, 1, io_binding=True, static_batches=(1, 2))
+        Model(tiny_onnx, "cpu", False, 1, io_binding=True, static_batches=(1, 2))
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(bool(cuda_unavailable()), reason=str(cuda_unavailable()))
 def test_cuda_graphs_give_the_plain_cuda_runs_logits(digits_onnx):
-    if reason := cuda_unavailable():
-        pytest.skip(reason)
     plain = Model(digits_onnx, "cuda", False, 1)
     graphs = Model(digits_onnx, "cuda", False, 1, static_batches=batch_sizes(8))
     graphs.warm_up(list(range(1, 9)))  # captures every size, and checks each replay
