@@ -25,3 +25,16 @@ def close(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) ->
     and every actual value finite."""
     diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
     return bool(np.all(diff <= atol + rtol * np.abs(expected)) and np.isfinite(actual).all())
+
+
+def stored_precision(model) -> type | None:
+    """``np.float16`` where an onnx.ModelProto's graph rounds values to fp16 or bf16 on the way
+    (a Cast to either), else None. bf16 is held to fp16's tolerance too: one step of either is
+    far above fp32's, which is what matters to a gate that must not fail on it."""
+    from onnx import TensorProto
+
+    narrow = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
+    for node in model.graph.node:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i in narrow for a in node.attribute):
+            return np.float16
+    return None

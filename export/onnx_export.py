@@ -25,7 +25,7 @@ from ln2d.constants import DEFAULT_TARGET
 from ln2d.errors import UserError
 from ln2d.export import metadata, record
 from ln2d.export.fusion import FusionReport, fuse_model
-from ln2d.export.numerics import tolerance
+from ln2d.export.numerics import stored_precision, tolerance
 from ln2d.export.onnx_io import save_model
 from ln2d.metadata import InputSpec, ModelMetadata
 
@@ -66,12 +66,14 @@ def _recorded(
     proto: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, precision: str
 ) -> onnx.ModelProto:
     """``proto`` with its parity record: sample images, PyTorch's outputs for them, and the
-    tolerance ``ln2d parity`` holds the precision to, met here first (CheckFailed if not)."""
+    tolerance ``ln2d parity`` holds the precision to (fp16's where the network itself stores
+    values in fp16 on the way), met here first (CheckFailed if not)."""
     x = record.sample_images(spec)
     with torch.inference_mode():
         expected = model(torch.from_numpy(x)).float().numpy()
     keep = record.within_budget(x, [expected])
-    atol, rtol = tolerance(np.float16 if precision == "fp16" else np.float32)
+    half = precision == "fp16" or stored_precision(proto) is not None
+    atol, rtol = tolerance(np.float16 if half else np.float32)
     inputs = {INPUT_NAME: x[:keep]}
     record.attach(proto, record.checked(proto, inputs, [expected[:keep]], "PyTorch", atol, rtol))
     return proto

@@ -3,11 +3,13 @@ exporter and no torch: the fast slice of the generated matcher test.
 
 A ``GraphRecipe`` names one way to write each part at the ONNX level: how the channel mean is
 taken (ReduceMean with keepdims, ReduceSum / C, keepdims=0 and Unsqueeze or Reshape back), the
-axis (1 or -3), the variance, the normalisation, the affine, the storage dtype, and whether a
-Conv feeds the norm. ``build(recipe, opset)`` writes that graph in the opset's own idiom (axes
-as attribute or input). A ``near_miss`` recipe computes something that is not a biased-variance
-LayerNorm over C with a per-channel affine; ``reference`` computes what a LayerNorm recipe must
-give, in float64 numpy, independent of the fuser.
+axis (1 or -3), the variance, the normalisation, the affine, the storage dtype (fp32; fp16 in
+and out; or an fp32 network that rounds to fp16 on each side of the norm, as one storing its
+activations in fp16 does, with a 1x1 Conv after it), and whether a Conv feeds the norm.
+``build(recipe, opset)`` writes that graph in the opset's own idiom (axes as attribute or
+input). A ``near_miss`` recipe computes something that is not a biased-variance LayerNorm over
+C with a per-channel affine; ``reference`` computes what a LayerNorm recipe must give, in
+float64 numpy, independent of the fuser.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ VARIANCES = ("mul", "pow", "second_moment", "second_moment_max", "second_moment_
 NORMALISATIONS = ("div_sqrt", "mul_reciprocal_sqrt", "mul_one_over_sqrt", "pow_minus_half")
 AFFINES = ("weight+bias", "weight", "bias", "none", "weight_first")
 PARAMETER_SHAPES = ("c11", "1c11")
-DTYPES = ("fp32", "fp16_storage")
+DTYPES = ("fp32", "fp16_storage", "fp16_round_trip")
 NOT_A_LAYERNORM = ("unbiased", "eps_outside_sqrt", "other_axis", "rms", "eps_input")
 NEAR_MISSES = (*NOT_A_LAYERNORM, "per_pixel_scale")
 
@@ -41,6 +43,7 @@ LAYERNORMALIZATION_TARGETS = ("cuda", "portable")
 C = 5
 EPS = 1e-5
 RESHAPE_OPSET = 15  # Shape(start, end), which the Reshape-back idiom reads the shape with
+HEAD = np.random.default_rng(2).standard_normal((C, C, 1, 1)) * 2  # the 1x1 Conv after a round trip
 
 
 @dataclass(frozen=True)
@@ -114,11 +117,16 @@ def build(recipe: GraphRecipe, opset: int) -> onnx.ModelProto:
     if recipe.after_conv:
         weight = np.random.default_rng(1).standard_normal((C, 3, 3, 3)) * 0.3
         x = g.op("Conv", x, g.const(weight, _numpy(storage), "conv_weight"), pads=[1, 1, 1, 1])
-    if storage == TensorProto.FLOAT16:
+    rounded = recipe.dtype == "fp16_round_trip"
+    if rounded:
+        x = g.op("Cast", x, to=TensorProto.FLOAT16)
+    if storage == TensorProto.FLOAT16 or rounded:
         x = g.op("Cast", x, to=TensorProto.FLOAT)
     y = _affine(g, recipe, _normalised(g, recipe, x))
-    if storage == TensorProto.FLOAT16:
+    if storage == TensorProto.FLOAT16 or rounded:
         y = g.op("Cast", y, to=TensorProto.FLOAT16)
+    if rounded:
+        y = g.op("Conv", g.op("Cast", y, to=TensorProto.FLOAT), g.const(HEAD, name="head"))
     g.nodes[-1].output[0] = "y"
     channels = 3 if recipe.after_conv else C
     inputs = [helper.make_tensor_value_info("x", storage, [None, channels, None, None])]
@@ -230,17 +238,20 @@ def reference(recipe: GraphRecipe, model: onnx.ModelProto, x: np.ndarray) -> np.
         (init,) = [i for i in model.graph.initializer if i.name == "conv_weight"]
         weight = numpy_helper.to_array(init).astype(np.float64)
         v = _conv3x3(v, weight)
-    if recipe.dtype == "fp16_storage":
-        v = v.astype(np.float16).astype(np.float64)  # the Conv's output is stored in fp16
+    if recipe.dtype != "fp32":
+        v = v.astype(np.float16).astype(np.float64)  # the norm's input is stored in fp16
     mean = v.mean(1, keepdims=True)
     y = (v - mean) / np.sqrt(((v - mean) ** 2).mean(1, keepdims=True) + EPS)
     if recipe.near_miss == "per_pixel_scale":
-        return y * y.max(1, keepdims=True)
-    weight, bias = (p.reshape(1, C, 1, 1) for p in parameters(recipe))
-    if recipe.affine in ("weight+bias", "weight", "weight_first"):
-        y = y * weight
-    if recipe.affine in ("weight+bias", "bias", "weight_first"):
-        y = y + bias
+        y = y * y.max(1, keepdims=True)
+    else:
+        weight, bias = (p.reshape(1, C, 1, 1) for p in parameters(recipe))
+        if recipe.affine in ("weight+bias", "weight", "weight_first"):
+            y = y * weight
+        if recipe.affine in ("weight+bias", "bias", "weight_first"):
+            y = y + bias
+    if recipe.dtype == "fp16_round_trip":  # stored in fp16, then the 1x1 Conv
+        y = np.einsum("nchw,oc->nohw", y.astype(np.float16).astype(np.float64), HEAD[:, :, 0, 0])
     return y
 
 

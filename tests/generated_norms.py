@@ -24,7 +24,12 @@ NORMALISATIONS = ("div_sqrt", "mul_rsqrt", "mul_reciprocal_sqrt", "pow_minus_hal
 AFFINES = (
     "index", "view", "reshape", "param_1c11", "weight_only", "bias_only", "none", "weight_last",
 )  # fmt: skip
-DTYPES = ("fp32", "fp16_storage")
+# fp16_round_trip: an fp32 network that stores the norm's input and output in fp16, the norm
+# computing in fp32 (Cast to fp16 and back on each side).
+DTYPES = ("fp32", "fp16_storage", "fp16_round_trip")
+# The Conv before the norm: size-preserving, or strided (a ConvNeXt stem or downsampling layer),
+# where the exporter computes the norm's spatial size from the input's (``height // 2``).
+STRIDES = (1, 2)
 # ``near_miss`` takes the values of tests/generated_graphs.py's NEAR_MISSES: both generators
 # build the same look-alikes.
 
@@ -38,11 +43,12 @@ class Recipe:
     normalise: str = "div_sqrt"
     affine: str = "index"
     dtype: str = "fp32"
+    stride: int = 1
     near_miss: str | None = None
 
     def __str__(self) -> str:
         parts = [self.mean, f"dim={self.dim}", "keepdim" if self.keepdim else "unsqueeze"]
-        parts += [self.variance, self.normalise, self.affine, self.dtype]
+        parts += [self.variance, self.normalise, self.affine, self.dtype, f"stride={self.stride}"]
         return "/".join(parts + ([f"NEAR-MISS:{self.near_miss}"] if self.near_miss else []))
 
 
@@ -57,7 +63,7 @@ class GeneratedNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
         storage = x.dtype
-        if self.recipe.dtype == "fp16_storage":
+        if self.recipe.dtype != "fp32":
             x = x.float()
         y = self._affine(self._normalised(x))
         return y.to(storage)
@@ -163,9 +169,12 @@ class Wrapped(nn.Module):
 
     def __init__(self, recipe: Recipe, channels: int = 12) -> None:
         super().__init__()
-        self.conv_in = nn.Conv2d(3, channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(3, channels, 3, padding=1, stride=recipe.stride)
         self.norm = GeneratedNorm(recipe, channels)
         self.conv_out = nn.Conv2d(channels, 4, 1)
+        self.round_trip = recipe.dtype == "fp16_round_trip"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(torch.relu(self.norm(self.conv_in(x))))
+        h = self.conv_in(x)
+        y = self.norm(h.half()).float() if self.round_trip else self.norm(h)
+        return self.conv_out(torch.relu(y))

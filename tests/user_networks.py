@@ -119,6 +119,44 @@ class SamNet(nn.Module):
         return self.head(self.features(x))
 
 
+class VarMeanLayerNorm2d(nn.Module):
+    """torch.var_mean over the channels, parameters shaped (1, C, 1, 1)."""
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(1, num_channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v, u = torch.var_mean(x, dim=1, keepdim=True, unbiased=False)
+        return (x - u) * torch.rsqrt(v + 1e-5) * self.gamma + self.beta
+
+
+class MixedStyles(nn.Module):
+    """Three styles in one ConvNeXt-like network, each after a strided Conv at least once:
+    permute + nn.LayerNorm, segment-anything's inline one, and var_mean (issue 38's network)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 4, stride=4)
+        self.stem_norm = PermuteLayerNorm2d(32, eps=1e-6)
+        self.dwconv = nn.Conv2d(32, 32, 7, padding=3, groups=32)
+        self.block_norm = SamLayerNorm2d(32)
+        self.pwconv = nn.Conv2d(32, 64, 1)
+        self.var_mean_norm = VarMeanLayerNorm2d(64)
+        self.down = nn.Conv2d(64, 64, 2, stride=2)
+        self.down_norm = SamLayerNorm2d(64)
+        self.last_norm = PermuteLayerNorm2d(64, eps=1e-6)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_norm(self.stem(x))
+        x = x + self.block_norm(self.dwconv(x))
+        x = self.var_mean_norm(self.pwconv(x))
+        x = self.last_norm(self.down_norm(self.down(x)))
+        return self.head(x.mean((2, 3)))
+
+
 class DataDependent(nn.Module):
     """Python control flow on a tensor's value: the dynamo exporter refuses to guess the
     branch, TorchScript's tracer records the one it takes."""
@@ -143,6 +181,10 @@ def unet() -> nn.Module:
 
 def sam_net() -> nn.Module:
     return SamNet()
+
+
+def mixed_styles() -> nn.Module:
+    return MixedStyles()
 
 
 def trained_like(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -97,11 +97,14 @@ def same_shape_dim(a, b) -> bool:
     return a == b and (isinstance(a, int) or getattr(a, "value", None) is not None)
 
 
-DimRef = int | tuple[ir.Value, int]  # a static size, or "dimension i of that tensor"
+# A static size, "dimension i of that tensor", or None: a size computed some other way (the
+# exporter's ``height // 4``), whose value no rule may rely on.
+DimRef = int | tuple[ir.Value, int] | None
 
 
 def shape_elements(value: ir.Value) -> list[DimRef] | None:
-    """Read a 1-D shape tensor as a list of sizes or tensor dimensions, when it can be proven.
+    """Read a 1-D shape tensor as a list of sizes or tensor dimensions, as far as it can be
+    proven, with None for an element that cannot; None when not even its length is known.
 
     Understands constants, ``Shape(t, start, end)``, ``Concat`` and ``Reshape(·, [-1])`` /
     ``Squeeze`` / ``Unsqueeze`` wrappers: the idiom exporters use to rebuild a shape at run time.
@@ -111,9 +114,9 @@ def shape_elements(value: ir.Value) -> list[DimRef] | None:
         return [int(v) for v in array.reshape(-1)]
     node = value.producer()
     if node is None:
-        return None
+        return _unknown_elements(value)
     if node.op_type in ("Reshape", "Squeeze", "Unsqueeze", "Identity"):
-        return shape_elements(node.inputs[0])
+        return shape_elements(node.inputs[0]) or _unknown_elements(value)
     if node.op_type == "Concat":
         parts = [shape_elements(v) for v in node.inputs]
         return None if any(p is None for p in parts) else [e for p in parts for e in p]
@@ -126,7 +129,15 @@ def shape_elements(value: ir.Value) -> list[DimRef] | None:
         lo = 0 if start is None else start.as_int() % r if start.as_int() < 0 else start.as_int()
         hi = r if end is None else min(end.as_int() % r if end.as_int() < 0 else end.as_int(), r)
         return [(node.inputs[0], i) for i in range(lo, hi)]
-    return None
+    return _unknown_elements(value)
+
+
+def _unknown_elements(value: ir.Value) -> list[DimRef] | None:
+    """One unknown element per entry of a 1-D value of static length; else None."""
+    shape = value.shape
+    if shape is None or shape.rank() != 1 or not isinstance(shape[0], int):
+        return None
+    return [None] * shape[0]
 
 
 def _resolves_to(element: DimRef, value: ir.Value, axis: int) -> bool:

@@ -15,7 +15,9 @@ Each rule is an algebraic identity that holds for any input, applied before matc
 
 The Unsqueeze rule undoes ``x.mean(1).unsqueeze(1)``. The ReduceSum, Reshape and Expand rules
 undo the dynamo exporter's decomposition of ``torch.var_mean``, which reduces without keepdims
-and broadcasts back with Reshape + Expand.
+and broadcasts back with Reshape + Expand. After a strided Conv, the Expand's target holds sizes
+computed from the network's input (``height // 4``): their values stay unknown, and the Expand
+is dropped where the mean already spans the norm's input at those axes.
 """
 
 from __future__ import annotations

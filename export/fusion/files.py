@@ -19,6 +19,7 @@ from ln2d.errors import UserError
 from ln2d.export import metadata, onnx_io
 from ln2d.export.fusion import FusionReport, Matched, lower, match, verify
 from ln2d.export.fusion.verify import probe_record, reference
+from ln2d.export.numerics import stored_precision
 from ln2d.metadata import ModelMetadata
 
 INLINE_LIMIT = onnx_io.PROTOBUF_LIMIT - (64 << 20)  # room for the graph beside the weights
@@ -79,7 +80,7 @@ def _record(source, expected):
     here, or one the gate's first probe makes (None where the input does not run here)."""
     carried = metadata.read(source).parity_record
     if carried is None:
-        return probe_record(expected)
+        return probe_record(expected, stored_precision(source))
     return dataclasses.replace(carried, recorded_on=machine.describe(), ratio=None)
 
 

@@ -26,6 +26,7 @@ NETWORKS = {
     "convnext_like": ("3x32x32", 6, True),  # stem, downsample, 2 inline, 2 permute
     "unet": ("3x16x16", 3, False),
     "sam_net": ("3x16x16", 2, True),
+    "mixed_styles": ("3x64x64", 5, True),  # var_mean after a strided Conv was left decomposed
 }
 
 

@@ -69,7 +69,9 @@ def test_every_generated_graph_fuses_and_every_near_miss_is_left(recipe, opset):
         if recipe.near_miss in NOT_A_LAYERNORM:
             assert all("node '" in site.reason for site in report.rejected), where
             continue
-        tolerance = 1e-2 if half else 1e-4
+        # fp16's where the values pass through fp16 (after a round trip, an fp16 step of the
+        # norm's output times the 1x1 Conv's gain: 2e-2 holds it).
+        tolerance = {"fp32": 1e-4, "fp16_storage": 1e-2, "fp16_round_trip": 2e-2}[recipe.dtype]
         np.testing.assert_allclose(
             run(fused, x).astype(np.float64),
             reference(recipe, model, x),
