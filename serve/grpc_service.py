@@ -165,7 +165,12 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     async def _model_ready(self, request, context, call):
-        reason = self.registry.not_ready_reason(request.name, request.version or None)
+        """Triton answers ``ready: false`` for a model or version it does not know, not an
+        error: tritonclient's ``is_model_ready`` then returns False."""
+        try:
+            reason = self.registry.not_ready_reason(request.name, request.version or None)
+        except ApiError:
+            return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=reason is None and self.state.ready)
 
     async def _model_metadata(self, request, context, call):
