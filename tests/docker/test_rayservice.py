@@ -124,3 +124,16 @@ def test_the_config_is_valid_for_ray_and_for_ln2d_and_fits_the_workers():
     assert head["rayStartParams"]["num-cpus"] == "0"  # replicas run on the workers only
     worker_cpus = sum(int(w["rayStartParams"]["num-cpus"]) * w["maxReplicas"] for w in workers)
     assert args["max_replicas"] * settings.threads <= worker_cpus
+
+
+@pytest.mark.parametrize("group", groups(), ids=["head", "workers"])
+def test_every_node_starts_ray_with_the_ingress_serve_ray_starts(group):
+    """HAProxy in front, throughput-optimized, as ``ln2d serve-ray`` starts Ray: the same
+    variables on every node (the replicas listen for HAProxy), its binary the image's."""
+    from ln2d.serve.ray_supervisor import environment
+
+    (container,) = group["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    expected = environment("haproxy")
+    expected["RAY_SERVE_HAPROXY_BINARY_PATH"] = "/opt/venv/bin/ln2d-haproxy"  # the image's venv
+    assert env == expected

@@ -1,17 +1,21 @@
 """ln2d on Ray Serve (``ln2d.serve.ray_serve``), on a real Ray cluster on this machine: a head
 node and two worker nodes, each its own set of processes, as Ray's own tests start them; the
-replicas on the workers, Ray's HTTP proxy on the head, clients on loopback."""
+replicas on the workers, Ray's HAProxy ingress on the head (the ingress ``ln2d serve-ray``
+starts Ray with), clients on loopback."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 from ray.util.state import list_actors  # noqa: E402
 
+from ln2d.serve import ray_supervisor  # noqa: E402
 from ln2d.serve.ray_serve import DEPLOYMENT, Scaling, start, stop  # noqa: E402
 from ln2d.serve.settings import Settings  # noqa: E402
 from ln2d.serve.tools.launcher import ServerProcess, free_port  # noqa: E402
@@ -71,6 +76,8 @@ class RayCluster:
 
 @pytest.fixture(scope="module")
 def cluster():
+    saved = dict(os.environ)
+    os.environ.update(ray_supervisor.environment("haproxy"))  # Ray's processes inherit it
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -83,6 +90,8 @@ def cluster():
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def wait_until(condition, timeout: float, what: str) -> float:
@@ -198,8 +207,8 @@ def unavailable(status: int | str, body: bytes) -> bool:
 
 
 def unavailable_or_lost_by_ray(status: int | str, body: bytes) -> bool:
-    """Also Ray's proxy's own 500 (plain text, where ln2d's errors are JSON): what it answers
-    for a request whose replica died under it (RayActorError, ray/serve/_private/http_util.py)."""
+    """Also Ray's own 500 (plain text, where ln2d's errors are JSON): what its ingress answers
+    for a request whose replica died under it (HAProxy's 502 becomes Ray's 500 page)."""
     return unavailable(status, body) or (status == 500 and not body.startswith(b"{"))
 
 
@@ -235,9 +244,13 @@ def test_a_worker_node_lost_under_load(cluster, digits_onnx):
         for name, c in groups.items()
     )
     print(f"node lost: retrying {counts}; replicas back after {recovered:.1f} s")
-    assert len(on_ray_500.failed()) == 0
-    # Ray's 500 is the only failure: those retrying 503s fail no more than Ray's 500s
-    assert {o.status for c in groups.values() for o in c.failed()} <= {500}
+    # HAProxy replays on the other replica what the lost one closed with no answer
+    # (ray_supervisor.HAPROXY_RETRY_ON): one retry of a 503 or a lost connection is enough.
+    assert len(on_503.failed()) == len(on_ray_500.failed()) == 0
+    # What the clients that never retry lost are requests in flight on the node: Ray's 500, or
+    # the connection HAProxy closes when the replica's goes; never an error of ln2d's.
+    lost = [o for c in groups.values() for o in c.failed()]
+    assert all(unavailable_or_lost_by_ray(o.status, o.body) for o in lost), lost[:3]
     assert recovered < 60
     assert set(readiness) == {200}  # a replica was always there to say so
 
@@ -388,7 +401,7 @@ def test_the_command_serves_until_sigterm_then_drains_and_deletes(cluster, digit
         (["/nonexistent.onnx"], "model file or folder not found"),
         (["MODEL", "--autoscale", "3..1"], "--autoscale: want MIN..MAX"),
         (["MODEL", "--replicas", "0"], "--replicas: at least 1"),
-        (["MODEL", "--grpc-port", "8001"], "gRPC is not served through Ray's proxy"),
+        (["MODEL", "--grpc-port", "8001"], "Ray's HTTP ingress does not carry ln2d's gRPC service"),
     ],
 )
 def test_serve_ray_refuses_bad_flags_in_one_line(digits_onnx, args, message):
@@ -397,3 +410,116 @@ def test_serve_ray_refuses_bad_flags_in_one_line(digits_onnx, args, message):
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("ln2d serve-ray: error: ") and message in line
+
+
+def _family(pid: int) -> set[int]:
+    """``pid``, its descendants, and every process in their sessions (Ray's, HAProxy)."""
+    children: dict[int, list[int]] = {}
+    sessions: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        child = int(stat.parent.name)
+        children.setdefault(int(fields[1]), []).append(child)
+        sessions[child] = int(fields[3])
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        found.add(current)
+        todo += children.get(current, [])
+    started = {sessions.get(p) for p in found}
+    return found | {p for p, s in sessions.items() if s in started and s != os.getsid(0)}
+
+
+def _alive(pids: set[int]) -> list[str]:
+    """The command lines of those of ``pids`` that still run (a zombie has ended: it waits
+    only for whoever adopted it to read its status)."""
+    alive = []
+    for pid in pids:
+        with suppress(OSError, IndexError):
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                alive.append(
+                    f"{pid} {Path(f'/proc/{pid}/cmdline').read_text().replace(chr(0), ' ')}"
+                )
+    return alive
+
+
+def _listening(pids: set[int]) -> dict[str, str]:
+    """The local addresses of the TCP listeners of ``pids``, each with its process's name."""
+    table = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    found = {}
+    for line in table.splitlines():
+        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
+            if int(pid) in pids:
+                found[line.split()[3]] = name
+    return found
+
+
+@pytest.mark.any_target
+@pytest.mark.parametrize("to", ["the process", "its process group"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_however_asked_ends_in_time_and_leaves_no_process(digits_onnx, signum, to):
+    """In a process group of its own, as a terminal's foreground job is (Ctrl-C is SIGINT to
+    the group): the command ends within its drain timeout, exit 0, with nothing it started
+    left, Ray's processes and HAProxy included. HAProxy listens on --host:--port alone."""
+    port = free_port()
+    command = [sys.executable, "-m", "ln2d", "serve-ray", str(digits_onnx), "--port", str(port),
+               "--no-access-log", "--drain-timeout-s", "20"]  # fmt: skip
+    # Its own instance: not the module's cluster, which this process's RAY_ADDRESS names.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
+    )
+    try:
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if "serving at" in line:
+                break
+        assert "through Ray's HAProxy ingress" in lines[-1], "".join(lines[-20:])
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.post(url + "/v1/classify", content=PNG, headers=PNG_HEADERS).status_code == 200
+        family = _family(process.pid)
+        listening = _listening(family)
+        assert [a for a, name in listening.items() if name == "haproxy"] == [f"127.0.0.1:{port}"]
+        assert any("raylet" in p for p in _alive(family))
+        asked = time.monotonic()
+        if to == "the process":
+            process.send_signal(signum)
+        else:
+            os.killpg(process.pid, signum)
+        assert process.wait(timeout=60) == 0
+        assert time.monotonic() - asked < 20
+        assert _alive(family) == []
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+HOSTILE = [
+    ("POST", "/v1/classify", {"content-type": "image/png"}, b"not an image"),
+    ("POST", "/v1/classify", {"content-type": "text/plain"}, b"hello"),
+    ("POST", "/v1/classify", {"content-type": "image/png"}, b"\x89PNG" + bytes(1_100_000)),
+    ("POST", "/v1/classify", {"content-type": "image/png", "content-encoding": "gzip"}, PNG),
+    ("POST", "/v2/models/ln2d-layernorm2d/infer", {"content-type": "application/json"}, b"{"),
+    ("GET", "/v2/models/no-such-model", {}, b""),
+]
+
+
+@pytest.mark.any_target
+def test_hostile_requests_through_haproxy_get_the_answers_ln2d_serve_gives(cluster, digits_onnx):
+    """The same statuses and the same JSON errors as a plain ln2d serve, request for request,
+    and the replica serves on."""
+    limits = {"max_body_bytes": 1_000_000}
+    cluster.deploy(digits_onnx, Scaling(replicas=1), **limits)
+    with ServerProcess(digits_onnx, ["--max-body-bytes", "1000000", "--no-access-log"]) as plain:
+        for method, path, headers, body in HOSTILE:
+            ray_answer = httpx.request(method, cluster.url + path, headers=headers, content=body)
+            plain_answer = httpx.request(method, plain.url + path, headers=headers, content=body)
+            assert ray_answer.status_code == plain_answer.status_code >= 400, path
+            assert ray_answer.json() == plain_answer.json(), path
+    answer = httpx.post(cluster.url + "/v1/classify", content=PNG, headers=PNG_HEADERS)
+    assert answer.status_code == 200
