@@ -112,7 +112,7 @@ test-older-cpu: $(STAMP) /usr/bin/qemu-x86_64
 	$(BIN)/ln2d quantize $(LANE)/digits.onnx -o $(LANE)/u8s8.onnx --scheme u8s8 --per-channel \
 		--no-progress
 	LN2D_TEST_MODELS=$(abspath $(LANE)) timeout 600 $(BIN)/python-older-cpu -m pytest \
-		-p no:cacheprovider -m cpu_numerics
+		-p no:cacheprovider -m cpu_numerics $(WORKERS)
 
 /usr/bin/qemu-x86_64:
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user \

@@ -86,9 +86,10 @@ def native_level(request: pytest.FixtureRequest) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With LN2D_TEST_TARGET (make test-native-serving), only the tests whose outcome can
     depend on how the served digits model was fused: those that serve it, but not those
-    marked ``any_target``. Then files with a test marked slow first, each file's tests in
-    their order: pytest-xdist hands out whole files (--dist loadfile), and a long file last
-    would run alone while the other worker idles."""
+    marked ``any_target``. Then the files with a test marked slow first, the longest first
+    (``slow(minutes=N)``, where a file says how long it takes), each file's tests in their
+    order: pytest-xdist hands out whole files (--dist loadfile), and a long file last would run
+    alone while the other worker idles."""
     if "LN2D_TEST_TARGET" in os.environ:
         kept = [
             item
@@ -98,8 +99,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         ]
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    minutes: dict[Path, float] = {}
+    for item in items:
+        for mark in item.iter_markers("slow"):
+            minutes[item.path] = max(minutes.get(item.path, 0.0), mark.kwargs.get("minutes", 0.0))
+    items.sort(key=lambda item: (item.path not in minutes, -minutes.get(item.path, 0.0)))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=2)]
 
 
 def test_the_dry_run_runs_every_step_and_writes_its_report(digits_checkpoint, tmp_path):

@@ -18,7 +18,7 @@ from ln2d.export.onnx_io import PROTOBUF_LIMIT
 from tests.helpers import run_cli
 from tests.third_party import install_torchvision_placeholder
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=1.5)]
 
 MEMORY_GOAL = 3.0  # peak resident memory over the weights' size
 

@@ -15,7 +15,7 @@ from ln2d.serve.tools.launcher import ServerProcess
 from tests.helpers import run_cli
 from tests.images import digit, png
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=2)]
 
 
 def _quantize(model, out, *args):

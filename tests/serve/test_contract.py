@@ -12,7 +12,7 @@ import pytest
 
 from ln2d.serve.tools.launcher import ServerProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.any_target]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=1), pytest.mark.any_target]
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 

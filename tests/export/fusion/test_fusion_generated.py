@@ -38,7 +38,7 @@ from tests.generated_norms import (
 )
 from tests.onnx_helpers import export, run
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow(minutes=1)]
 
 EXPORTS = [("torchscript", o) for o in (13, 15, 17, 18)] + [("dynamo", o) for o in (18, 23)]
 recipes = st.builds(
