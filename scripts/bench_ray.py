@@ -33,8 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from ln2d.serve import ray_supervisor
 from ln2d.serve.model import Model
 from ln2d.serve.ray_serve import Scaling, payload
@@ -160,7 +158,6 @@ def start_ingress(model: Path, name: str, replicas: int, threads: int) -> tuple:
             break
     else:
         raise SystemExit(f"ln2d serve-ray ({name}) did not start")
-    httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=30)
     return driver, ("127.0.0.1", port)
 
 
